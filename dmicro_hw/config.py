@@ -1,0 +1,368 @@
+"""Configuration models for ``train.yaml`` and ``rig.yaml``.
+
+Files are read with :func:`yaml.safe_load` and validated by pydantic. Unknown keys are errors.
+An invalid file raises :class:`~dmicro_hw.errors.ConfigError` with one readable message naming the
+file, the key and what is allowed; the CLI prints it without a traceback.
+
+Units are SI with explicit suffixes (``wavelength_m``, ``pitch_m``, ``exposure_s``); phases are in
+radians. Relative paths inside a config file are resolved against the file's own folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dmicro_hw.errors import ConfigError
+
+COMPRESSIONS = (4, 16, 64, 256)
+
+
+class StrictModel(BaseModel):
+    """Base for all config sections: unknown keys are rejected, values are re-validated on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Physics
+# --------------------------------------------------------------------------------------------
+
+
+class OpticsConfig(StrictModel):
+    """The simulated 4f system (paper defaults: 256×256 field, 316.4 nm pixels, λ = 632.8 nm)."""
+
+    field_size: int = Field(256, ge=16, le=4096, description="N: field is N×N samples")
+    pixel_size_m: float = Field(316.4e-9, gt=0, lt=1e-3, description="sample pitch, object plane")
+    wavelength_m: float = Field(632.8e-9, gt=100e-9, lt=2e-6)
+    focal_length_m: float = Field(0.1, gt=0, lt=10, description="4f lens focal length")
+    pupil_radius: float = Field(
+        1.0, gt=0, le=1.5, description="circular pupil radius as a fraction of N/2"
+    )
+    compression: Literal[4, 16, 64, 256] = Field(64, description="pixel-count ratio k² (k×k bins)")
+
+    @property
+    def binning(self) -> int:
+        """k: side of the k×k sensor bin (compression = k²)."""
+        return int(round(self.compression**0.5))
+
+    @property
+    def fourier_pitch_m(self) -> float:
+        """Sample pitch of the filter in the physical Fourier plane: λ f / (N dx)."""
+        return self.wavelength_m * self.focal_length_m / (self.field_size * self.pixel_size_m)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> OpticsConfig:
+        if self.field_size % self.binning:
+            raise ValueError(
+                f"field_size {self.field_size} must be divisible by the bin size "
+                f"{self.binning} (compression {self.compression})"
+            )
+        return self
+
+
+class SensorConfig(StrictModel):
+    """Camera sensor model: photon budget, noise, gain/offset, ADC."""
+
+    noise: bool = Field(True, description="Poisson shot noise + Gaussian read noise on/off")
+    photons_per_pixel: float = Field(
+        1000.0, gt=0, description="mean photo-electrons per *binned* pixel for unit intensity"
+    )
+    exposure_s: float = Field(1e-3, gt=0, le=10)
+    read_noise_e: float = Field(2.0, ge=0)
+    gain_adu_per_e: float = Field(0.05, gt=0)
+    offset_adu: float = Field(10.0, ge=0)
+    bit_depth: int = Field(12, ge=8, le=16)
+    full_well_e: float = Field(80000.0, gt=0)
+
+
+class SLMModelConfig(StrictModel):
+    """Physical SLM description used by the SLM model, the export and the drivers."""
+
+    pixels: tuple[int, int] = Field((1080, 1920), description="(rows, cols)")
+    pitch_m: float = Field(8e-6, gt=0, lt=1e-3)
+    bit_depth: int = Field(8, ge=1, le=16)
+    mode: Literal["phase", "amplitude_phase"] = "phase"
+    fill_factor: float = Field(0.95, gt=0, le=1)
+    fringing_px: float = Field(0.0, ge=0, le=5, description="crosstalk blur sigma in SLM pixels")
+    phase_range_rad: float = Field(6.283185307179586, gt=0, le=20, description="LUT full scale")
+    lut: Path | None = Field(None, description="measured LUT (.npy grey→rad); None = linear")
+    settle_time_s: float = Field(0.05, ge=0, le=5)
+
+    @field_validator("pixels")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1 or max(v) > 16384:
+            raise ValueError("pixels must be two integers between 1 and 16384")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+class SyntheticDataConfig(StrictModel):
+    kind: Literal["synthetic"] = "synthetic"
+    n_train: int = Field(512, ge=1)
+    n_val: int = Field(64, ge=1)
+    n_test: int = Field(64, ge=1)
+    phase_max_rad: float = Field(3.141592653589793, gt=0, le=6.283185307179586)
+    seed: int = 0
+
+
+class FolderDataConfig(StrictModel):
+    kind: Literal["folder"] = "folder"
+    path: Path
+    content: Literal["phase", "complex", "auto"] = "auto"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    phase_max_rad: float = Field(6.283185307179586, gt=0)
+    seed: int = 0
+
+
+class DecoderConfig(StrictModel):
+    kind: Literal["unet", "swinir"] = "unet"
+    base_channels: int = Field(32, ge=4, le=512)
+    depth: int = Field(3, ge=1, le=6)
+    # SwinIR-style options (paper: embed 180, 6 groups × 6 blocks, window 8)
+    embed_dim: int = Field(60, ge=8, le=512)
+    num_groups: int = Field(2, ge=1, le=12)
+    blocks_per_group: int = Field(2, ge=1, le=12)
+    window_size: int = Field(8, ge=2, le=32)
+    num_heads: int = Field(6, ge=1, le=32)
+
+
+class StageConfig(StrictModel):
+    """One training stage of the paper's recipe."""
+
+    name: Literal["optics", "decoder", "joint"]
+    epochs: int = Field(1, ge=0)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(8, ge=1)
+    loss: Literal["l1", "ssim_l1", "mse"] = "l1"
+
+
+class EncoderConfig(StrictModel):
+    kind: Literal["lff", "gpc", "plain", "d2nn"] = "lff"
+    d2nn_layers: int = Field(3, ge=1, le=10)
+    d2nn_distance_m: float = Field(5e-6, gt=0)
+    hardware_aware: bool = Field(
+        False, description="train through the SLM model and the export (export-in-the-loop)"
+    )
+
+
+class TrainConfig(StrictModel):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out_dir: Path = Path("runs/train")
+    optics: OpticsConfig = OpticsConfig()
+    sensor: SensorConfig = SensorConfig()
+    slm: SLMModelConfig | None = None
+    encoder: EncoderConfig = EncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    data: SyntheticDataConfig | FolderDataConfig = Field(
+        default_factory=SyntheticDataConfig, discriminator="kind"
+    )
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [
+            StageConfig(name="optics", epochs=2, lr=1e-2),
+            StageConfig(name="decoder", epochs=4, lr=1e-3),
+            StageConfig(name="joint", epochs=2, lr=2e-4, loss="ssim_l1"),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rig (devices, simulators, acquisition). Backend-specific options are validated by the backend.
+# --------------------------------------------------------------------------------------------
+
+
+class SLMDeviceConfig(SLMModelConfig):
+    backend: str = Field("sim", description="registry name: sim | screen | slmpy | <plugin>")
+    monitor: int = Field(1, ge=0, description="screen backend: monitor/screen index")
+    display: str | None = Field(None, description="X display for the screen backend, e.g. ':0'")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CameraDeviceConfig(StrictModel):
+    backend: str = Field("sim", description="registry name: sim | genicam | replay | <plugin>")
+    cti: Path | None = Field(None, description="GenTL producer; default: GENICAM_GENTL64_PATH")
+    device: str | None = Field(None, description="serial number, model or id to pick")
+    width: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+    offset_x: int = Field(0, ge=0)
+    offset_y: int = Field(0, ge=0)
+    binning: int = Field(1, ge=1, le=16)
+    pixel_format: str = "Mono8"
+    exposure_s: float | None = Field(None, gt=0, le=10)
+    frame_rate_hz: float | None = Field(None, gt=0, le=100000)
+    fetch_timeout_s: float = Field(2.0, gt=0, le=60)
+    replay_path: Path | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TriggerDeviceConfig(StrictModel):
+    backend: str = Field("none", description="registry name: none | sim | serial | <plugin>")
+    port: str | None = Field(None, description="serial port, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(115200, ge=300, le=4_000_000)
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    rate_hz: float = Field(100.0, gt=0, le=100000)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FaultsConfig(StrictModel):
+    """Simulated device faults (reliability tests)."""
+
+    drop_probability: float = Field(0.0, ge=0, le=1)
+    late_probability: float = Field(0.0, ge=0, le=1)
+    late_s: float = Field(0.05, ge=0)
+    timeout_at_frame: int | None = Field(None, ge=0)
+    disconnect_at_frame: int | None = Field(None, ge=0)
+    saturate_probability: float = Field(0.0, ge=0, le=1)
+    garble_probability: float = Field(0.0, ge=0, le=1, description="serial line corruption")
+    seed: int = 0
+
+
+class MismatchConfig(StrictModel):
+    """How the virtual bench draws its hidden optics mismatch (values stay hidden)."""
+
+    enabled: bool = True
+    seed: int = 1234
+    scale: float = Field(1.0, ge=0, le=5, description="multiplies every mismatch magnitude")
+
+
+class BenchConfig(StrictModel):
+    """Virtual optical bench (simulators)."""
+
+    sample: Literal["cells", "target"] = "cells"
+    flow_px_per_frame: float = Field(2.0, ge=0)
+    seed: int = 0
+    phase_max_rad: float = Field(3.141592653589793, gt=0)
+    mismatch: MismatchConfig = MismatchConfig()
+    faults: FaultsConfig = FaultsConfig()
+    frame_rate_hz: float = Field(100.0, gt=0, le=100000)
+    latency_s: float = Field(0.0, ge=0, le=1)
+
+
+class AcquisitionConfig(StrictModel):
+    frames: int | None = Field(200, ge=1)
+    duration_s: float | None = Field(None, gt=0)
+    mode: Literal["free-run", "triggered"] = "free-run"
+    out: Path = Path("runs/acquire")
+    ring_frames: int = Field(256, ge=4, le=1_000_000)
+    chunk_frames: int = Field(16, ge=1, le=4096)
+    recon: bool = True
+    recon_batch: int = Field(8, ge=1, le=1024)
+    recon_device: Literal["auto", "cpu", "cuda"] = "auto"
+    preview: bool = False
+
+
+class RigConfig(StrictModel):
+    rig_id: str = Field("sim-rig", min_length=1, max_length=128)
+    optics: OpticsConfig = OpticsConfig()
+    sensor: SensorConfig = SensorConfig()
+    slm: SLMDeviceConfig = SLMDeviceConfig()
+    camera: CameraDeviceConfig = CameraDeviceConfig()
+    trigger: TriggerDeviceConfig = TriggerDeviceConfig()
+    checkpoint: Path | None = Field(None, description="trained model (.pt) from `dmicro train`")
+    pattern: Path | None = Field(None, description="exported SLM pattern (.npy/.png + .json)")
+    calibration: Path | None = Field(None, description="calibration bundle folder")
+    bench: BenchConfig = BenchConfig()
+    acquisition: AcquisitionConfig = AcquisitionConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+_PATH_KEYS = {"path", "lut", "cti", "replay_path", "checkpoint", "pattern", "calibration", "out"}
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the README for allowed keys)"
+        elif e["type"] in ("literal_error", "enum") and "expected" in e.get("ctx", {}):
+            msg = f"must be one of {e['ctx']['expected']}"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"{loc}: {msg}{got_s}")
+    return f"{source}: invalid config — " + "; ".join(lines)
+
+
+def _resolve_paths(obj: Any, base: Path) -> Any:
+    """Resolve relative path-valued keys against the config file's folder."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k in _PATH_KEYS and isinstance(v, str) and v and not Path(v).is_absolute():
+                v = str((base / v).resolve()) if (base / v).exists() else v
+            out[k] = _resolve_paths(v, base)
+        return out
+    if isinstance(obj, list):
+        return [_resolve_paths(v, base) for v in obj]
+    return obj
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    """Read a YAML mapping safely; raises ConfigError naming the file on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read config file ({e})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any], source: str = "<config>") -> M:
+    """Validate a mapping into ``model``; raises ConfigError with a one-line readable message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from None
+
+
+def load_config(model: type[M], path: Path | str, overrides: dict[str, Any] | None = None) -> M:
+    """Load ``path`` as ``model`` (paths resolved against the file's folder)."""
+    p = Path(path)
+    data = _resolve_paths(read_yaml(p), p.resolve().parent)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return validate(model, data, str(p))
+
+
+def load_train_config(path: Path | str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides)
+
+
+def load_rig_config(path: Path | str, overrides: dict[str, Any] | None = None) -> RigConfig:
+    return load_config(RigConfig, path, overrides)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
