@@ -38,7 +38,10 @@ class OpticsConfig(StrictModel):
     field_size: int = Field(256, ge=16, le=4096, description="N: field is N×N samples")
     pixel_size_m: float = Field(316.4e-9, gt=0, lt=1e-3, description="sample pitch, object plane")
     wavelength_m: float = Field(632.8e-9, gt=100e-9, lt=2e-6)
-    focal_length_m: float = Field(0.1, gt=0, lt=10, description="4f lens focal length")
+    magnification: float = Field(
+        40.0, gt=0, le=1000, description="objective magnification onto the 4f relay's input"
+    )
+    focal_length_m: float = Field(0.15, gt=0, lt=10, description="4f relay lens focal length")
     pupil_radius: float = Field(
         1.0, gt=0, le=1.5, description="circular pupil radius as a fraction of N/2"
     )
@@ -51,8 +54,9 @@ class OpticsConfig(StrictModel):
 
     @property
     def fourier_pitch_m(self) -> float:
-        """Sample pitch of the filter in the physical Fourier plane: λ f / (N dx)."""
-        return self.wavelength_m * self.focal_length_m / (self.field_size * self.pixel_size_m)
+        """Sample pitch of the filter in the physical Fourier plane: λ f / (N · dx · M)."""
+        image_pitch = self.pixel_size_m * self.magnification
+        return self.wavelength_m * self.focal_length_m / (self.field_size * image_pitch)
 
     @model_validator(mode="after")
     def _divisible(self) -> OpticsConfig:

@@ -1,0 +1,101 @@
+"""Camera sensor model: k×k binning (optical compression), photon budget, noise, gain, ADC.
+
+Intensities are float32 (B, H, W) in units of the illumination intensity (a clear field is 1).
+:class:`Sensor` turns them into raw ADU values of shape (B, H/k, W/k) as a camera would deliver,
+and :meth:`Sensor.normalise` maps ADU back to intensity units for the decoder.
+
+Noise is differentiable where it can be: the Poisson sample and the ADC rounding use a
+straight-through estimator (forward: the sample; backward: d/dmean = 1), read noise is additive.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmicro_hw.config import SensorConfig
+
+
+def bin_frames(intensity: torch.Tensor, k: int) -> torch.Tensor:
+    """Average k×k blocks: (B, H, W) → (B, H/k, W/k). k = 2, 4, 8, 16 give ×4 … ×256.
+
+    Equivalent to the paper's repeated 2×2 average pooling; the mean (not the sum) keeps a
+    clear field at 1 so that the photon budget is set per *binned* pixel.
+    """
+    if k == 1:
+        return intensity
+    h, w = intensity.shape[-2:]
+    if h % k or w % k:
+        raise ValueError(f"frame {h}×{w} is not divisible by the bin size {k}")
+    squeeze = intensity.dim() == 2
+    x = intensity[None] if squeeze else intensity
+    out = F.avg_pool2d(x.unsqueeze(1), k).squeeze(1)
+    return out[0] if squeeze else out
+
+
+def straight_through(forward_value: torch.Tensor, backward_value: torch.Tensor) -> torch.Tensor:
+    """Return ``forward_value`` in the forward pass with the gradient of ``backward_value``."""
+    return backward_value + (forward_value - backward_value).detach()
+
+
+class Sensor(nn.Module):
+    """Binning + photon/electron/ADU chain of a camera.
+
+    Args:
+        cfg: photon budget (mean photo-electrons per binned pixel at unit intensity at the
+            configured exposure), read noise (e⁻ RMS), gain (ADU/e⁻), offset (ADU), ADC bits,
+            full well (e⁻) and whether noise is on.
+        binning: k of the k×k bins.
+    """
+
+    def __init__(self, cfg: SensorConfig | None = None, binning: int = 8) -> None:
+        super().__init__()
+        self.cfg = cfg or SensorConfig()
+        self.binning = int(binning)
+        self.noise = self.cfg.noise
+
+    @property
+    def adc_max(self) -> float:
+        return float(2**self.cfg.bit_depth - 1)
+
+    def electrons(self, intensity: torch.Tensor, exposure_s: float | None = None) -> torch.Tensor:
+        """Mean photo-electrons per binned pixel (no noise)."""
+        scale = (exposure_s or self.cfg.exposure_s) / self.cfg.exposure_s
+        return bin_frames(intensity, self.binning) * (self.cfg.photons_per_pixel * scale)
+
+    def forward(
+        self,
+        intensity: torch.Tensor,
+        exposure_s: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(B, H, W) intensity → (B, H/k, W/k) raw ADU (float32, integer-valued when noisy)."""
+        c = self.cfg
+        mean_e = self.electrons(intensity, exposure_s).clamp_min(0)
+        if self.noise:
+            shot = torch.poisson(mean_e.detach(), generator=generator)
+            e = straight_through(shot, mean_e)
+            if c.read_noise_e > 0:
+                e = e + c.read_noise_e * torch.randn(
+                    e.shape, generator=generator, device=e.device, dtype=e.dtype
+                )
+        else:
+            e = mean_e
+        e = straight_through(e.clamp(max=c.full_well_e), e)
+        adu = e * c.gain_adu_per_e + c.offset_adu
+        if self.noise:
+            adu = straight_through(adu.round(), adu)
+        # ADC saturation is physical and has no useful gradient beyond the rails.
+        return adu.clamp(0.0, self.adc_max)
+
+    def normalise(self, adu: torch.Tensor) -> torch.Tensor:
+        """Raw ADU → intensity units (a clear field ≈ 1)."""
+        c = self.cfg
+        return (adu - c.offset_adu) / (c.gain_adu_per_e * c.photons_per_pixel)
+
+    def expected_saturation_intensity(self) -> float:
+        """Intensity (units of the clear field) at which the ADC or the full well saturates."""
+        c = self.cfg
+        e_max = min(c.full_well_e, (self.adc_max - c.offset_adu) / c.gain_adu_per_e)
+        return e_max / c.photons_per_pixel
