@@ -139,9 +139,8 @@ def get_factory(kind: DeviceKind, name: str) -> Factory:
         return eps[key].load()
     if key in _BUILTIN:
         return _resolve(_BUILTIN[key])
-    raise ConfigError(
-        f"{kind}.backend: unknown backend {name!r}; available: {', '.join(available_backends(kind))}"
-    )
+    allowed = ", ".join(available_backends(kind))
+    raise ConfigError(f"{kind}.backend: unknown backend {name!r}; available: {allowed}")
 
 
 def open_device(kind: DeviceKind, section: Any, rig: Any = None) -> Any:
