@@ -83,10 +83,9 @@ def _run(entry: typer.Typer, argv: list[str] | None = None, prog_name: str = "dm
     except typer.Abort:
         err_console.print("aborted")
         return 1
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # usage errors of the (possibly vendored) click: print the usage message, no traceback
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
         raise
