@@ -1,0 +1,519 @@
+"""Zarr v3 run store: raw frames, per-frame records, phase, and crash-safe commit counters.
+
+Layout of ``RUN.zarr`` (one local Zarr v3 group; OME-Zarr 0.5-style root metadata)::
+
+    raw            (t, y, x)  uint8/uint16 ADU, chunks (chunk_frames, y, x), Blosc-zstd bitshuffle
+    phase          (t, N, N)  float32 radians, NaN where not decoded, chunks (chunk_frames, N, N)
+    frame_id       (t,) int64    device frame counter (gaps = frames lost before this one)
+    device_time    (t,) int64    device timestamp ticks (attribute timestamp_frequency_hz)
+    host_time      (t,) float64  host clock at receipt, Unix seconds
+    exposure_s     (t,) float64
+    pattern_index  (t,) int32    index into attrs["dmicro"]["patterns"] (id + sha256 of each)
+    dropped_before (t,) int32    frames missing just before this one (camera gap or ring overflow)
+    recon_status   (t,) uint8    0 not reconstructed, 1 ok, 2 skipped (backpressure), 3 error
+    committed      (1,) int64    frames of raw + records fully written  ← readers trust this
+    phase_committed(1,) int64    leading frames whose phase/recon_status are final
+
+Zarr-python 3 resizes an array (rewrites its metadata) before a chunk is written, so after a crash
+``raw`` may be longer than what was written and end in fill-value frames. Every commit therefore
+writes the data and the records first and the counter last (each file write is atomic in
+zarr ≥ 3.1.3); :class:`RunReader` only exposes ``[:committed]``. ``finalize`` trims every array to
+the committed length and records the run summary in the root attributes.
+
+Two threads write: the raw side (writer thread: ``raw``, the records, ``committed``) and the phase
+side (reconstruction worker: ``phase``, ``recon_status``, ``phase_committed``); they touch disjoint
+arrays and each side resizes only its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmicro_hw.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "dmicro-run/1"
+RECON_NONE, RECON_OK, RECON_SKIPPED, RECON_ERROR = 0, 1, 2, 3
+RECON_STATUS_NAMES = {
+    RECON_NONE: "not reconstructed",
+    RECON_OK: "ok",
+    RECON_SKIPPED: "skipped (decoder behind)",
+    RECON_ERROR: "error",
+}
+
+#: raw-side per-frame arrays (name → (dtype, fill value, description))
+RAW_RECORDS: dict[str, tuple[str, Any, str]] = {
+    "frame_id": ("int64", -1, "device frame counter"),
+    "device_time": ("int64", 0, "device timestamp, ticks (see timestamp_frequency_hz)"),
+    "host_time": ("float64", float("nan"), "host clock at receipt, Unix seconds"),
+    "exposure_s": ("float64", float("nan"), "exposure time, seconds"),
+    "pattern_index": ("int32", -1, "index into attributes dmicro.patterns"),
+    "dropped_before": ("int32", 0, "frames lost just before this frame"),
+}
+
+
+def _um(m: float) -> float:
+    return float(m) * 1e6
+
+
+def _blosc() -> Any:
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def _ome_multiscale(name: str, scale_t: float, pixel_m: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "axes": [
+            {"name": "t", "type": "time", "unit": "second"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"},
+        ],
+        "datasets": [
+            {
+                "path": name,
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [scale_t, _um(pixel_m), _um(pixel_m)]}
+                ],
+            }
+        ],
+    }
+
+
+class _Side:
+    """Chunk-aligned, buffered appends to a set of t-arrays, followed by a counter write."""
+
+    def __init__(
+        self,
+        arrays: dict[str, Any],
+        counter: Any,
+        chunk: int,
+        grow: int,
+        committed: int = 0,
+    ) -> None:
+        self.arrays = arrays
+        self.counter = counter
+        self.chunk = chunk
+        self.grow = grow
+        self.committed = committed
+        self.pending: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
+        self.n_pending = 0
+        self.oldest_pending = 0.0
+        self.lock = threading.Lock()
+        self.write_s = 0.0
+        self.commits = 0
+
+    def add(self, values: dict[str, np.ndarray], n: int) -> None:
+        if n <= 0:
+            return
+        if self.n_pending == 0:
+            self.oldest_pending = time.monotonic()
+        for k in self.arrays:
+            self.pending[k].append(values[k])
+        self.n_pending += n
+
+    def commit(self, force: bool = False) -> int:
+        """Write whole chunks (all pending frames if ``force``); returns frames committed."""
+        with self.lock:
+            total = self.committed + self.n_pending
+            end = total if force else (total // self.chunk) * self.chunk
+            if end <= self.committed:
+                return 0
+            n = end - self.committed
+            t0 = time.perf_counter()
+            cat = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in self.pending.items()}
+            first = next(iter(self.arrays.values()))
+            if end > first.shape[0]:
+                cap = max(end, first.shape[0] + self.grow)
+                cap = int(math.ceil(cap / self.chunk) * self.chunk)
+                for a in self.arrays.values():
+                    a.resize((cap, *a.shape[1:]))
+            s = slice(self.committed, end)
+            for k, a in self.arrays.items():
+                a[s] = cat[k][:n]
+            self.counter[0] = end  # written last: readers trust it
+            self.committed = end
+            for k in self.pending:
+                rest = cat[k][n:]
+                self.pending[k] = [rest] if len(rest) else []
+            self.n_pending -= n
+            if self.n_pending:
+                self.oldest_pending = time.monotonic()
+            self.write_s += time.perf_counter() - t0
+            self.commits += 1
+            return n
+
+    def age_s(self) -> float:
+        return time.monotonic() - self.oldest_pending if self.n_pending else 0.0
+
+    def trim(self) -> None:
+        for a in self.arrays.values():
+            if a.shape[0] != self.committed:
+                a.resize((self.committed, *a.shape[1:]))
+
+
+class RunWriter:
+    """Create ``path`` (a new ``.zarr`` directory) and append frames, records and phase to it.
+
+    Args:
+        path: store directory; must not exist.
+        frame_shape, dtype: raw frame (H, W) and dtype.
+        chunk_frames: frames per chunk along t (``acquisition.chunk_frames``).
+        phase_size: N of the reconstructed N×N phase, or None to add it later (offline).
+        raw_pixel_m, phase_pixel_m: pixel pitch in the object plane, metres.
+        frame_interval_s: nominal time between frames (OME scale along t).
+        attrs: run metadata stored under root attributes ``dmicro`` (rig id, pattern and
+            calibration hashes, pixel format, timestamp frequency, patterns table, …).
+        expected_frames: preallocate this many frames (fewer resizes); trimmed at finalize.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        frame_shape: tuple[int, int],
+        dtype: np.dtype | str,
+        chunk_frames: int = 16,
+        phase_size: int | None = None,
+        raw_pixel_m: float = 1e-6,
+        phase_pixel_m: float | None = None,
+        frame_interval_s: float = 0.01,
+        attrs: dict[str, Any] | None = None,
+        expected_frames: int | None = None,
+    ) -> None:
+        import zarr
+
+        self.path = Path(path)
+        if self.path.exists():
+            raise DataError(f"{self.path}: output already exists; choose another --out")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.chunk = int(chunk_frames)
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.dtype = np.dtype(dtype)
+        self.frame_interval_s = float(frame_interval_s)
+        self.raw_pixel_m = float(raw_pixel_m)
+        self.phase_pixel_m = phase_pixel_m
+        meta_chunk = self.chunk * max(1, 1024 // self.chunk)
+        cap = int(math.ceil((expected_frames or self.chunk * 16) / self.chunk) * self.chunk)
+        self._grow = max(self.chunk * 16, cap // 4)
+        self._meta_chunk = meta_chunk
+        self._cap0 = cap
+
+        self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+        dmicro = {"schema": SCHEMA, "created": time.time(), "complete": False}
+        dmicro.update(attrs or {})
+        dmicro["recon_status_codes"] = {str(k): v for k, v in RECON_STATUS_NAMES.items()}
+        self.group.attrs.update(
+            {
+                "ome": {
+                    "version": "0.5",
+                    "multiscales": [_ome_multiscale("raw", frame_interval_s, raw_pixel_m)],
+                },
+                "dmicro": dmicro,
+            }
+        )
+        g = self.group
+        raw = g.create_array(
+            "raw",
+            shape=(cap, *self.frame_shape),
+            chunks=(self.chunk, *self.frame_shape),
+            dtype=self.dtype,
+            compressors=_blosc(),
+            fill_value=0,
+            dimension_names=["t", "y", "x"],
+            attributes={"units": "adu", "long_name": "raw compressed camera frames"},
+        )
+        arrays: dict[str, Any] = {"raw": raw}
+        for name, (dt, fill, desc) in RAW_RECORDS.items():
+            arrays[name] = g.create_array(
+                name,
+                shape=(cap,),
+                chunks=(meta_chunk,),
+                dtype=dt,
+                fill_value=fill,
+                dimension_names=["t"],
+                attributes={"description": desc},
+            )
+        counter = g.create_array("committed", shape=(1,), chunks=(1,), dtype="int64", fill_value=0)
+        counter[0] = 0
+        self._raw = _Side(arrays, counter, self.chunk, self._grow)
+        self._phase: _Side | None = None
+        self._last_frame_id: int | None = None
+        self.frames_lost = 0
+        self.frame_id_resets = 0
+        if phase_size is not None:
+            self.add_phase(phase_size, phase_pixel_m or raw_pixel_m)
+
+    # ------------------------------------------------------------------ phase side
+    def add_phase(self, n: int, pixel_m: float) -> None:
+        """Create the ``phase`` (t, n, n) and ``recon_status`` arrays."""
+        self._phase = _create_phase_side(
+            self.group,
+            n,
+            pixel_m,
+            self.chunk,
+            self._meta_chunk,
+            self._cap0,
+            self._grow,
+            self.frame_interval_s,
+        )
+
+    # ------------------------------------------------------------------ raw side
+    def append(self, data: np.ndarray, records: dict[str, np.ndarray]) -> int:
+        """Buffer ``data`` (n, H, W) with its records (frame_id, device_time, host_time,
+        exposure_s, pattern_index); commit whole chunks. Returns frames committed now."""
+        n = int(data.shape[0])
+        if n == 0:
+            return 0
+        if data.shape[1:] != self.frame_shape:
+            raise DataError(f"frame shape {data.shape[1:]} differs from {self.frame_shape}")
+        fid = np.asarray(records["frame_id"], dtype=np.int64)
+        prev = np.empty(n, dtype=np.int64)
+        prev[1:] = fid[:-1]
+        prev[0] = fid[0] - 1 if self._last_frame_id is None else self._last_frame_id
+        gap = fid - prev - 1
+        self.frame_id_resets += int((gap < 0).sum())
+        dropped = np.clip(gap, 0, None).astype(np.int32)
+        self.frames_lost += int(dropped.sum())
+        self._last_frame_id = int(fid[-1])
+        values = {
+            "raw": np.ascontiguousarray(data, dtype=self.dtype),
+            "frame_id": fid,
+            "device_time": np.asarray(records["device_time"], dtype=np.int64),
+            "host_time": np.asarray(records["host_time"], dtype=np.float64),
+            "exposure_s": np.asarray(records["exposure_s"], dtype=np.float64),
+            "pattern_index": np.asarray(records["pattern_index"], dtype=np.int32),
+            "dropped_before": dropped,
+        }
+        self._raw.add(values, n)
+        return self._raw.commit()
+
+    def flush(self, max_age_s: float | None = None) -> int:
+        """Commit pending raw frames now (a partial chunk), or only if older than ``max_age_s``."""
+        if max_age_s is not None and self._raw.age_s() < max_age_s:
+            return 0
+        return self._raw.commit(force=True)
+
+    @property
+    def committed(self) -> int:
+        return self._raw.committed
+
+    @property
+    def pending(self) -> int:
+        return self._raw.n_pending
+
+    @property
+    def write_seconds(self) -> float:
+        return self._raw.write_s
+
+    # ------------------------------------------------------------------ phase appends
+    def append_phase(self, phase: np.ndarray | None, status: np.ndarray) -> int:
+        """Append the next ``len(status)`` frames of phase (n, N, N) radians in t order.
+
+        ``phase`` may be None (all skipped/errors: NaN stored). Commits whole chunks.
+        """
+        side = self._require_phase()
+        n = int(len(status))
+        if phase is None:
+            size = side.arrays["phase"].shape[1]
+            phase = np.full((n, size, size), np.nan, dtype=np.float32)
+        side.add(
+            {
+                "phase": phase.astype(np.float32, copy=False),
+                "recon_status": status.astype(np.uint8),
+            },
+            n,
+        )
+        return side.commit()
+
+    def flush_phase(self) -> int:
+        return self._require_phase().commit(force=True) if self._phase else 0
+
+    @property
+    def phase_committed(self) -> int:
+        return self._phase.committed if self._phase else 0
+
+    def _require_phase(self) -> _Side:
+        if self._phase is None:
+            raise DataError(f"{self.path}: this run has no phase array (no checkpoint loaded)")
+        return self._phase
+
+    # ------------------------------------------------------------------ finish
+    def set_attrs(self, **values: Any) -> None:
+        """Merge ``values`` into the root ``dmicro`` attributes."""
+        d = dict(self.group.attrs.get("dmicro", {}))
+        d.update(values)
+        self.group.attrs.update({"dmicro": d})
+
+    def finalize(self, summary: dict[str, Any] | None = None) -> None:
+        """Commit everything, trim arrays to the committed length, mark the run complete."""
+        self._raw.commit(force=True)
+        self._raw.trim()
+        if self._phase is not None:
+            self._phase.commit(force=True)
+            self._phase.trim()
+            # phase frames past the raw end cannot exist; never more than committed
+        self.set_attrs(
+            complete=True,
+            committed_frames=self.committed,
+            frames_lost=self.frames_lost,
+            frame_id_resets=self.frame_id_resets,
+            **({"summary": summary} if summary else {}),
+        )
+
+
+def _create_phase_side(
+    g: Any,
+    n: int,
+    pixel_m: float,
+    chunk: int,
+    meta_chunk: int,
+    cap: int,
+    grow: int,
+    frame_interval_s: float,
+) -> _Side:
+    phase = g.create_array(
+        "phase",
+        shape=(cap, n, n),
+        chunks=(chunk, n, n),
+        dtype="float32",
+        compressors=_blosc(),
+        fill_value=float("nan"),
+        dimension_names=["t", "y", "x"],
+        attributes={"units": "radian", "long_name": "reconstructed phase"},
+    )
+    status = g.create_array(
+        "recon_status",
+        shape=(cap,),
+        chunks=(meta_chunk,),
+        dtype="uint8",
+        fill_value=0,
+        dimension_names=["t"],
+        attributes={"codes": {str(k): v for k, v in RECON_STATUS_NAMES.items()}},
+    )
+    counter = g.create_array(
+        "phase_committed", shape=(1,), chunks=(1,), dtype="int64", fill_value=0
+    )
+    counter[0] = 0
+    ome = dict(g.attrs.get("ome", {"version": "0.5", "multiscales": []}))
+    ms = [m for m in ome.get("multiscales", []) if m.get("name") != "phase"]
+    ms.append(_ome_multiscale("phase", frame_interval_s, pixel_m))
+    ome["multiscales"] = ms
+    g.attrs.update({"ome": ome})
+    return _Side({"phase": phase, "recon_status": status}, counter, chunk, grow)
+
+
+class RunReader:
+    """Read a run store; only committed frames are exposed (safe after a crash)."""
+
+    def __init__(self, path: Path | str, mode: str = "r") -> None:
+        import zarr
+
+        self.path = Path(path)
+        if (self.path / "run.zarr").is_dir():
+            self.path = self.path / "run.zarr"
+        if not (self.path / "zarr.json").is_file():
+            raise DataError(f"{path}: not a run store (no zarr.json)")
+        try:
+            self.group = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+        except Exception as e:  # noqa: BLE001 - corrupt store → one-line user error
+            raise DataError(f"{path}: cannot open run store ({e})") from None
+        if "raw" not in self.group or "committed" not in self.group:
+            raise DataError(f"{path}: not a dmicro run store (no raw/committed arrays)")
+        self.committed = int(self.group["committed"][0])
+        self.committed = min(self.committed, int(self.group["raw"].shape[0]))
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs.get("dmicro", {}))
+
+    @property
+    def raw(self) -> Any:
+        return self.group["raw"]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self.raw.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def chunk_frames(self) -> int:
+        return int(self.raw.chunks[0])
+
+    def raw_frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.committed if stop is None else min(stop, self.committed)
+        return np.asarray(self.raw[start:stop])
+
+    def records(self) -> dict[str, np.ndarray]:
+        n = self.committed
+        return {k: np.asarray(self.group[k][:n]) for k in RAW_RECORDS if k in self.group}
+
+    @property
+    def has_phase(self) -> bool:
+        return "phase" in self.group
+
+    @property
+    def phase_committed(self) -> int:
+        if "phase_committed" not in self.group:
+            return 0
+        return min(int(self.group["phase_committed"][0]), self.committed)
+
+    def phase(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        if not self.has_phase:
+            raise DataError(f"{self.path}: no phase in this run (run `dmicro reconstruct`)")
+        stop = self.phase_committed if stop is None else min(stop, self.phase_committed)
+        return np.asarray(self.group["phase"][start:stop])
+
+    def recon_status(self) -> np.ndarray:
+        n = self.phase_committed
+        if "recon_status" not in self.group:
+            return np.zeros(0, dtype=np.uint8)
+        return np.asarray(self.group["recon_status"][:n])
+
+
+class PhaseWriter:
+    """Write phase into an existing run (offline ``dmicro reconstruct``), chunk-aligned blocks."""
+
+    def __init__(self, reader: RunReader, size: int, pixel_m: float) -> None:
+        g = reader.group
+        self.reader = reader
+        chunk = reader.chunk_frames
+        n = reader.committed
+        meta_chunk = chunk * max(1, 1024 // chunk)
+        if "phase" in g and g["phase"].shape[1] != size:
+            raise DataError(
+                f"{reader.path}: stored phase is {g['phase'].shape[1]}² but the decoder makes "
+                f"{size}² (another checkpoint?)"
+            )
+        if "phase" not in g:
+            fi = float(reader.attrs.get("frame_interval_s", 0.01))
+            self.side = _create_phase_side(
+                g, size, pixel_m, chunk, meta_chunk, max(n, 1), chunk, fi
+            )
+        else:
+            self.side = _Side(
+                {"phase": g["phase"], "recon_status": g["recon_status"]},
+                g["phase_committed"],
+                chunk,
+                chunk * 16,
+            )
+        for a in self.side.arrays.values():
+            if a.shape[0] < n:
+                a.resize((n, *a.shape[1:]))
+
+    def write(self, t0: int, phase: np.ndarray, status: np.ndarray) -> None:
+        """Write frames t0 … t0+len-1 in place (no counter change)."""
+        s = slice(t0, t0 + len(status))
+        self.side.arrays["phase"][s] = phase.astype(np.float32, copy=False)
+        self.side.arrays["recon_status"][s] = status.astype(np.uint8)
+
+    def set_committed(self, n: int) -> None:
+        self.side.counter[0] = int(n)
