@@ -126,6 +126,14 @@ class FolderDataConfig(StrictModel):
     test_fraction: float = Field(0.1, ge=0, lt=1)
     phase_max_rad: float = Field(6.283185307179586, gt=0)
     seed: int = 0
+    rescale: Literal["sample", "dataset", "none"] = Field(
+        "sample",
+        description="map phase to [0, phase_max_rad]: min-max per sample, min-max over the "
+        "whole folder, or none (values must already lie in [0, phase_max_rad])",
+    )
+    key: str | None = Field(
+        None, description="array name inside .mat/.h5/.npz files; default: first 2-D/3-D array"
+    )
 
 
 class DecoderConfig(StrictModel):

@@ -1,0 +1,36 @@
+"""Phase data: synthetic cell phantoms, calibration targets and user folders of phase maps.
+
+Every dataset yields float32 tensors (N, N) of phase in radians within [0, ``phase_max_rad``]
+and exposes ``phase_max_rad`` so the training can normalise targets to [0, 1].
+
+Import cost: :mod:`dmicro_hw.data.phantoms` needs only numpy/scipy; the datasets import torch
+(loaded lazily on first use of the names below).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "FolderPhaseDataset",
+    "SyntheticPhaseDataset",
+    "build_datasets",
+    "generate_cells",
+    "phase_target",
+]
+
+_LAZY = {
+    "FolderPhaseDataset": "dmicro_hw.data.folder",
+    "SyntheticPhaseDataset": "dmicro_hw.data.synthetic",
+    "build_datasets": "dmicro_hw.data.datasets",
+    "generate_cells": "dmicro_hw.data.phantoms",
+    "phase_target": "dmicro_hw.data.phantoms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dmicro_hw.data' has no attribute {name!r}")
