@@ -89,7 +89,11 @@ class SLMModelConfig(StrictModel):
     pixels: tuple[int, int] = Field((1080, 1920), description="(rows, cols)")
     pitch_m: float = Field(8e-6, gt=0, lt=1e-3)
     bit_depth: int = Field(8, ge=1, le=16)
-    mode: Literal["phase", "amplitude_phase"] = "phase"
+    mode: Literal["phase", "amplitude_phase"] = Field(
+        "phase",
+        description="export of the complex filter to this phase SLM: 'phase' displays arg H "
+        "(amplitude dropped); 'amplitude_phase' also encodes |H| (double-phase checkerboard)",
+    )
     fill_factor: float = Field(0.95, gt=0, le=1)
     fringing_px: float = Field(0.0, ge=0, le=5, description="crosstalk blur sigma in SLM pixels")
     phase_range_rad: float = Field(6.283185307179586, gt=0, le=20, description="LUT full scale")
