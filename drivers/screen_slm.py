@@ -1,0 +1,477 @@
+"""SLM driven as a second monitor: a borderless OpenCV window placed pixel-exact on a chosen screen.
+
+Most phase SLMs (Holoeye, Meadowlark HDMI, Santec, Thorlabs Exulus) appear to the computer as a
+monitor. This backend draws the pattern in an OpenCV window (``WINDOW_AUTOSIZE |
+WINDOW_GUI_NORMAL``: no toolbar, no status bar, one image pixel per screen pixel) and **refuses to
+run** (:class:`~dmicro_hw.errors.DeviceError`) unless the window geometry read back with
+``cv2.getWindowImageRect`` is exactly the requested rectangle and lies inside the screen.
+
+Placement (config ``slm:`` section):
+
+* ``display: ":0"`` (X11): the SLM is X screen ``monitor`` of that display (``:0.1`` for
+  ``monitor: 1``, the usual "separate X screen" setup for SLMs); the window goes to ``(0, 0)`` of
+  that screen. A screen-qualified ``display: ":0.1"`` is used as given.
+* no ``display``: the current ``$DISPLAY``; when the X server reports Xinerama/RandR monitors
+  (one big desktop), the window goes to the origin of monitor ``monitor``;
+  ``options.position: [x, y]`` overrides (also the way to place it on Windows/macOS).
+* ``options.fullscreen: true`` asks the window manager for a full-screen window instead (needed
+  when a window manager adds decorations); the read-back check still applies.
+* ``options.verify: screenshot`` additionally grabs the screen after opening (PIL ImageGrab) and
+  checks a probe pattern arrives pixel for pixel (catches scaling, dithering, colour management).
+
+Bit depths: ``bit_depth <= 8`` is shown as grey. For more bits, ``options.high_bit_mode``:
+``rgb`` (default) packs the 16-bit grey level as red = high byte, green = low byte, blue = 0;
+``top8`` shows the top 8 bits as grey (see :mod:`dmicro_hw.drivers.slm_pixels`).
+
+Timing: :meth:`ScreenSLM.show` draws, pumps the GUI event loop (``cv2.waitKey``) and then waits
+``settle_time_s`` (liquid-crystal response + at least one video frame) while still pumping events,
+so when it returns the pattern is on the glass; ``pattern_id`` and ``shown_at`` record what is on
+it. OpenCV's GUI (Qt) binds to one X display per process: opening SLMs on two different displays
+in one process raises DeviceError.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from dmicro_hw.drivers.slm_pixels import from_display_rgb, load_lut, to_display, to_grey
+
+from dmicro_hw.errors import ConfigError, DeviceError
+
+log = logging.getLogger(__name__)
+
+_GUI_DISPLAY: str | None = None  # the X display OpenCV's GUI got bound to in this process
+_OPEN_WINDOWS: set[str] = set()
+
+
+# ------------------------------------------------------------------------------------ X11 queries
+class _XineramaScreenInfo(ctypes.Structure):
+    _fields_ = [
+        ("screen_number", ctypes.c_int),
+        ("x_org", ctypes.c_short),
+        ("y_org", ctypes.c_short),
+        ("width", ctypes.c_short),
+        ("height", ctypes.c_short),
+    ]
+
+
+def _libx11() -> Any:
+    name = ctypes.util.find_library("X11")
+    if not name:
+        return None
+    lib = ctypes.CDLL(name)
+    lib.XOpenDisplay.restype = ctypes.c_void_p
+    lib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    lib.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    lib.XScreenCount.argtypes = [ctypes.c_void_p]
+    lib.XDisplayWidth.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.XDisplayHeight.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.XDefaultScreen.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def x_display_info(display: str) -> dict[str, Any] | None:
+    """Screens and monitors of X ``display`` (``None`` when it cannot be opened / no libX11).
+
+    Returns ``{"display", "default_screen", "screens": [(w, h), ...], "monitors": [(x, y, w, h),
+    ...]}``; monitors come from Xinerama (empty when the extension is not active).
+    """
+    x11 = _libx11()
+    if x11 is None:
+        return None
+    dpy = x11.XOpenDisplay(display.encode())
+    if not dpy:
+        return None
+    try:
+        n = x11.XScreenCount(dpy)
+        screens = [(x11.XDisplayWidth(dpy, i), x11.XDisplayHeight(dpy, i)) for i in range(n)]
+        monitors: list[tuple[int, int, int, int]] = []
+        xin_name = ctypes.util.find_library("Xinerama")
+        if xin_name:
+            xin = ctypes.CDLL(xin_name)
+            xin.XineramaIsActive.argtypes = [ctypes.c_void_p]
+            xin.XineramaQueryScreens.restype = ctypes.POINTER(_XineramaScreenInfo)
+            xin.XineramaQueryScreens.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+            if xin.XineramaIsActive(dpy):
+                count = ctypes.c_int(0)
+                info = xin.XineramaQueryScreens(dpy, ctypes.byref(count))
+                if info:
+                    for i in range(count.value):
+                        s = info[i]
+                        monitors.append((s.x_org, s.y_org, s.width, s.height))
+                    x11.XFree.argtypes = [ctypes.c_void_p]
+                    x11.XFree(info)
+        return {
+            "display": display,
+            "default_screen": x11.XDefaultScreen(dpy),
+            "screens": screens,
+            "monitors": monitors,
+        }
+    finally:
+        x11.XCloseDisplay(dpy)
+
+
+def _split_display(display: str) -> tuple[str, int | None]:
+    """``":0.1"`` → (":0", 1); ``":0"`` → (":0", None)."""
+    host, _, rest = display.rpartition(":")
+    num, dot, screen = rest.partition(".")
+    if dot and screen.isdigit():
+        return f"{host}:{num}", int(screen)
+    return display, None
+
+
+# ------------------------------------------------------------------------------------ the driver
+class ScreenSLM:
+    """A phase SLM shown as a borderless window; see the module doc for placement and bit depths.
+
+    ``shape`` is (rows, cols) in SLM pixels; ``lut`` (optional) the phase in radians of each grey
+    level. The window opens on :meth:`open` / ``with`` (or the first :meth:`show`).
+    """
+
+    _OPTIONS = {
+        "position",
+        "fullscreen",
+        "high_bit_mode",
+        "window_name",
+        "verify",
+        "placement_timeout_s",
+    }
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        pitch_m: float = 8e-6,
+        bit_depth: int = 8,
+        settle_time_s: float = 0.05,
+        phase_range_rad: float = 2 * math.pi,
+        lut: np.ndarray | None = None,
+        display: str | None = None,
+        monitor: int = 1,
+        position: tuple[int, int] | None = None,
+        fullscreen: bool = False,
+        high_bit_mode: str = "rgb",
+        window_name: str = "dmicro-slm",
+        verify: str = "geometry",
+        placement_timeout_s: float = 2.0,
+    ) -> None:
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.pitch_m = float(pitch_m)
+        self.bit_depth = int(bit_depth)
+        self.settle_time_s = float(settle_time_s)
+        self.phase_range_rad = float(phase_range_rad)
+        self.lut = lut
+        self.display = display
+        self.monitor = int(monitor)
+        self.position = None if position is None else (int(position[0]), int(position[1]))
+        self.fullscreen = bool(fullscreen)
+        if high_bit_mode not in ("rgb", "top8"):
+            raise ConfigError(
+                f"slm.options.high_bit_mode: must be 'rgb' or 'top8', got {high_bit_mode!r}"
+            )
+        if verify not in ("geometry", "screenshot"):
+            raise ConfigError(
+                f"slm.options.verify: must be 'geometry' or 'screenshot', got {verify!r}"
+            )
+        self.high_bit_mode = high_bit_mode
+        self.window_name = window_name
+        self.verify = verify
+        self.placement_timeout_s = float(placement_timeout_s)
+        self.pattern_id = ""
+        self.shown_at = 0.0
+        self.rect: tuple[int, int, int, int] | None = None
+        self.x_display: str | None = None
+        self._grey: np.ndarray | None = None
+        self._open = False
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, section: Any, rig: Any = None) -> ScreenSLM:
+        """``slm.backend: screen`` (options: position, fullscreen, high_bit_mode, window_name,
+        verify, placement_timeout_s)."""
+        opts = dict(section.options or {})
+        unknown = sorted(set(opts) - cls._OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"slm.options: unknown key(s) {unknown}; allowed: {sorted(cls._OPTIONS)}"
+            )
+        pos = opts.pop("position", None)
+        if pos is not None and (len(pos) != 2 or not all(isinstance(v, int) for v in pos)):
+            raise ConfigError(f"slm.options.position: must be [x, y] integers, got {pos!r}")
+        lut = load_lut(section.lut, section.bit_depth) if section.lut else None
+        return cls(
+            shape=tuple(section.pixels),
+            pitch_m=section.pitch_m,
+            bit_depth=section.bit_depth,
+            settle_time_s=section.settle_time_s,
+            phase_range_rad=section.phase_range_rad,
+            lut=lut,
+            display=section.display,
+            monitor=section.monitor,
+            position=pos,
+            **opts,
+        )
+
+    # ---------------------------------------------------------------- placement
+    def _target(self) -> tuple[str | None, tuple[int, int], tuple[int, int] | None]:
+        """(X display to use, window origin, screen/monitor size or None if unknown)."""
+        on_x = sys.platform.startswith(("linux", "freebsd", "openbsd"))
+        if self.display:
+            base, screen = _split_display(self.display)
+            screen = self.monitor if screen is None else screen
+            disp = f"{base}.{screen}"
+        else:
+            disp = os.environ.get("DISPLAY") if on_x else None
+            if on_x and not disp:
+                raise DeviceError(
+                    "slm: no X display — set slm.display (e.g. ':0') or the DISPLAY variable"
+                )
+            base, screen = disp or "", None
+        origin = self.position or (0, 0)
+        size: tuple[int, int] | None = None
+        if disp is None:  # Windows / macOS: trust options.position, check geometry only
+            return None, origin, None
+        info = x_display_info(base if screen is not None else disp)
+        if info is None:
+            raise DeviceError(
+                f"slm.display {disp!r}: cannot open the X display (is the X server running and "
+                "may this user connect to it? check DISPLAY/xhost)"
+            )
+        screens = info["screens"]
+        if screen is not None:
+            if screen >= len(screens):
+                found = ", ".join(f"{i}: {w}x{h}" for i, (w, h) in enumerate(screens))
+                raise DeviceError(
+                    f"slm.monitor {screen}: display {base} has {len(screens)} screen(s) ({found})"
+                )
+            size = screens[screen]
+        else:
+            default = info["default_screen"]
+            size = screens[default]
+            monitors = info["monitors"]
+            if monitors and self.position is None:
+                if self.monitor >= len(monitors):
+                    found = ", ".join(
+                        f"{i}: {w}x{h}+{x}+{y}" for i, (x, y, w, h) in enumerate(monitors)
+                    )
+                    raise DeviceError(
+                        f"slm.monitor {self.monitor}: display {disp} has {len(monitors)} "
+                        f"monitor(s) ({found})"
+                    )
+                x, y, w, h = monitors[self.monitor]
+                origin, size = (x, y), (w, h)
+                return disp, origin, (x + w, y + h)
+        return disp, origin, size
+
+    def open(self) -> ScreenSLM:
+        """Create the window, place it, blank it and verify it is pixel-exact."""
+        global _GUI_DISPLAY
+        if self._open:
+            return self
+        disp, origin, limit = self._target()
+        rows, cols = self.shape
+        if limit is not None and not self.fullscreen:
+            if origin[0] + cols > limit[0] or origin[1] + rows > limit[1]:
+                raise DeviceError(
+                    f"slm: a {cols}x{rows} window at {origin} does not fit on {disp} "
+                    f"({limit[0]}x{limit[1]}); check slm.pixels, slm.display/monitor and position"
+                )
+        if self.window_name in _OPEN_WINDOWS:
+            raise DeviceError(f"slm: window {self.window_name!r} is already open in this process")
+        if disp is not None:
+            if _GUI_DISPLAY is not None and _GUI_DISPLAY != disp:
+                raise DeviceError(
+                    f"slm: OpenCV's GUI in this process is bound to display {_GUI_DISPLAY}; "
+                    f"cannot open a window on {disp} (use one process per display)"
+                )
+            if _GUI_DISPLAY is None:
+                os.environ["DISPLAY"] = disp
+                # no DPI scaling: one image pixel must be one screen pixel
+                os.environ["QT_AUTO_SCREEN_SCALE_FACTOR"] = "0"
+                os.environ["QT_SCALE_FACTOR"] = "1"
+                os.environ["QT_ENABLE_HIGHDPI_SCALING"] = "0"
+                _GUI_DISPLAY = disp
+        import cv2
+
+        self.x_display = disp
+        name = self.window_name
+        flags = cv2.WINDOW_GUI_NORMAL | (
+            cv2.WINDOW_NORMAL if self.fullscreen else cv2.WINDOW_AUTOSIZE
+        )
+        cv2.namedWindow(name, flags)
+        _OPEN_WINDOWS.add(name)
+        self._open = True
+        self._closed = False
+        try:
+            self._draw(self._blank_grey())
+            if self.fullscreen:
+                cv2.moveWindow(name, *origin)
+                cv2.setWindowProperty(name, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
+            else:
+                cv2.moveWindow(name, *origin)
+            want = (origin[0], origin[1], cols, rows)
+            self.rect = self._wait_geometry(want)
+            if self.rect != want:
+                raise DeviceError(
+                    f"slm: window on {disp or 'the desktop'} is at x={self.rect[0]} "
+                    f"y={self.rect[1]} {self.rect[2]}x{self.rect[3]}, expected x={want[0]} "
+                    f"y={want[1]} {cols}x{rows} — not pixel-exact (check slm.display/monitor, "
+                    "display scaling, the window manager, options.fullscreen)"
+                )
+            if self.verify == "screenshot":
+                self._verify_screenshot()
+        except BaseException:
+            self._destroy()
+            raise
+        log.info("SLM window %r on %s at %s", name, disp, self.rect)
+        return self
+
+    def _wait_geometry(self, want: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        import cv2
+
+        end = time.monotonic() + self.placement_timeout_s
+        rect = tuple(cv2.getWindowImageRect(self.window_name))
+        while rect != want and time.monotonic() < end:
+            cv2.waitKey(10)
+            rect = tuple(cv2.getWindowImageRect(self.window_name))
+        return rect  # type: ignore[return-value]
+
+    def grab(self) -> np.ndarray:
+        """Screenshot of the window's rectangle (H, W, 3) RGB uint8 (X11 via PIL ImageGrab)."""
+        from PIL import ImageGrab
+
+        if self.rect is None:
+            raise DeviceError("slm: window not open")
+        x, y, w, h = self.rect
+        kw = {"xdisplay": self.x_display} if self.x_display else {}
+        img = ImageGrab.grab(bbox=(x, y, x + w, y + h), **kw)
+        return np.asarray(img.convert("RGB"))
+
+    def shown_grey(self) -> np.ndarray:
+        """Grey levels currently on screen, decoded from a screenshot (see :meth:`grab`)."""
+        return from_display_rgb(self.grab(), self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
+
+    def _verify_screenshot(self) -> None:
+        rng = np.random.default_rng(12345)
+        probe = rng.integers(0, 2**self.bit_depth, size=self.shape).astype(
+            np.uint8 if self.bit_depth <= 8 else np.uint16
+        )
+        self._draw(probe)
+        self._pump(max(self.settle_time_s, 0.05))
+        got = self.shown_grey()
+        shown = to_display(probe, self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
+        rgb = shown[..., ::-1] if shown.ndim == 3 else np.repeat(shown[..., None], 3, axis=-1)
+        expected = from_display_rgb(rgb, self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
+        bad = int(np.count_nonzero(got != expected))
+        self._draw(self._blank_grey())
+        if bad:
+            raise DeviceError(
+                f"slm: screenshot check failed on {self.x_display}: {bad} of {probe.size} pixels "
+                "differ from the probe pattern (display scaling, dithering or colour management?)"
+            )
+
+    # ---------------------------------------------------------------- showing
+    def _blank_grey(self) -> np.ndarray:
+        return to_grey(
+            np.zeros(self.shape, np.float64),
+            self.shape,
+            self.bit_depth,
+            self.phase_range_rad,
+            self.lut,
+        )
+
+    def _draw(self, grey: np.ndarray) -> None:
+        import cv2
+
+        cv2.imshow(self.window_name, to_display(grey, self.bit_depth, self.high_bit_mode))  # type: ignore[arg-type]
+        cv2.waitKey(1)
+        self._grey = grey
+
+    @staticmethod
+    def _pump(seconds: float, min_iterations: int = 0) -> None:
+        import cv2
+
+        end = time.monotonic() + seconds
+        n = 0
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 and n >= min_iterations:
+                break
+            cv2.waitKey(max(1, min(10, int(left * 1000))))
+            n += 1
+
+    def pump(self, seconds: float = 0.0) -> None:
+        """Service the window's GUI events (repaints after expose, X flushes) for ``seconds``.
+
+        :meth:`show` already pumps for the settle time; a long loop that shows nothing new should
+        call this now and then (the window manager or a screen saver may ask for a repaint).
+        """
+        if self._open:
+            self._pump(seconds, min_iterations=1)
+
+    def show(self, pattern: np.ndarray, pattern_id: str = "") -> None:
+        """Display ``pattern`` (grey levels or radians, shape ``self.shape``) and wait the settle
+        time; afterwards ``pattern_id``/``shown_at`` describe what is on the SLM."""
+        if not self._open:
+            if self._closed:
+                raise DeviceError("slm: show() after close()")
+            self.open()
+        grey = to_grey(pattern, self.shape, self.bit_depth, self.phase_range_rad, self.lut)
+        t0 = time.monotonic()
+        self._draw(grey)
+        # a few event-loop turns even with no settle time: Qt paints and flushes to the X server
+        # from its event loop, so without them the pattern may never reach the screen
+        self._pump(self.settle_time_s - (time.monotonic() - t0), min_iterations=3)
+        self.pattern_id = pattern_id
+        self.shown_at = time.time()
+
+    def blank(self) -> None:
+        """Show zero phase (the safe state)."""
+        self.show(np.zeros(self.shape, np.float64), pattern_id="blank")
+
+    def close(self) -> None:
+        """Blank the SLM and remove the window. Idempotent."""
+        if self._open:
+            try:
+                self._draw(self._blank_grey())
+                self.pattern_id = "blank"
+            except Exception:
+                log.warning("slm: could not blank before closing", exc_info=True)
+            self._destroy()
+        self._closed = True
+
+    def _destroy(self) -> None:
+        import cv2
+
+        try:
+            cv2.destroyWindow(self.window_name)
+            cv2.waitKey(1)
+        except cv2.error:
+            log.debug("destroyWindow failed", exc_info=True)
+        _OPEN_WINDOWS.discard(self.window_name)
+        self._open = False
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": "screen",
+            "display": self.x_display,
+            "rect": self.rect,
+            "shape": self.shape,
+            "bit_depth": self.bit_depth,
+            "high_bit_mode": self.high_bit_mode if self.bit_depth > 8 else None,
+            "settle_time_s": self.settle_time_s,
+            "lut": self.lut is not None,
+        }
+
+    def __enter__(self) -> ScreenSLM:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
