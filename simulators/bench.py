@@ -1,0 +1,537 @@
+"""Virtual optical bench: a sample stream + the 4f optics with a HIDDEN mismatch + the sensor.
+
+The bench is the digital twin behind :class:`~dmicro_hw.simulators.sim_slm.SimSLM` and
+:class:`~dmicro_hw.simulators.sim_camera.SimCamera`. The SLM tells it what is displayed (with the
+time of the change, so frames captured while the liquid crystal settles see a blend); the camera
+asks it for the raw frame of a given frame id at a given capture time.
+
+    sample φ(frame id)  →  PhysicalSystem (illumination tilt, 4f with the realised SLM filter,
+    pupil aberrations, camera registration, binning)  →  mean photo-electrons  →  noise/ADC → ADU
+
+*Hidden mismatch.* The bench draws a realistic mismatch (SLM LUT, placement, aberrations, camera
+registration and gain) from ``bench.mismatch.seed`` with :meth:`Mismatch.draw`. Calibration code
+must find it through frames only, so it lives in private attributes and the one way to read it is
+:func:`reveal_mismatch_for_scoring`, meant for tests and benchmarks that score a calibration.
+
+*Sample stream.* ``bench.sample: cells``: a periodic strip of ``strip_tiles`` synthetic-cell tiles
+(generated once from ``bench.seed``) scrolls through the N×N field at ``bench.flow_px_per_frame``
+(sub-pixel, linear interpolation; positions are quantised to 1/1024 px so that the sequence is
+exactly periodic). ``bench.sample: target``: a static phase target. :meth:`VirtualBench.set_sample`
+puts any known (N, N) phase in place (calibration). :meth:`VirtualBench.true_phase` returns the
+exact phase the bench imaged for any frame id — recomputed on demand, nothing per frame is stored.
+
+*Speed.* Everything runs under ``torch.no_grad``; the realised filter is cached per displayed
+pattern (ifftshift folded in once), the tilt ramp and the camera-registration grid are computed
+once, and the noise-free binned electrons of each (sample position, pattern) are kept in a bounded
+bank filled in batches, so a camera streaming a periodic sample only adds noise per frame (numpy,
+(N/k)² values). :meth:`VirtualBench.prefill` fills the bank for one full period up front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dmicro_hw.config import (
+    BenchConfig,
+    OpticsConfig,
+    RigConfig,
+    SensorConfig,
+    SLMModelConfig,
+)
+from dmicro_hw.errors import FrameShapeError
+from dmicro_hw.optics.system import Mismatch, PhysicalSystem
+
+log = logging.getLogger(__name__)
+
+POSITION_QUANTUM = 1024  # sample positions are multiples of 1/1024 px
+BLEND_STEPS = 4  # settle transition: previous pattern, then 1/4, 2/4, 3/4 blends, then new
+
+
+def pattern_key(grey: np.ndarray) -> str:
+    """Content id of a displayed grey-level array: sha256 prefix (16 hex) of dtype, shape, bytes."""
+    a = np.ascontiguousarray(grey)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class _Shown:
+    """One entry of the SLM display timeline."""
+
+    t: float  # bench clock time of the change, s
+    key: str  # content hash of ``grey``
+    label: str  # the id the caller gave (pattern_id) or the key
+    grey: np.ndarray  # (R, C) grey levels as displayed
+    settle_s: float
+
+
+def _strip_from_tiles(tiles: np.ndarray) -> np.ndarray:
+    """(T, N, N) phase tiles → (N, T·N) periodic strip, tiles side by side.
+
+    Cells cut by a tile's left/right border would leave a straight phase cliff at the seam, so
+    each tile fades to the (zero) background over its outer N/16 columns (raised cosine).
+    """
+    n = tiles.shape[-1]
+    m = max(1, n // 16)
+    w = np.ones(n, dtype=np.float32)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
+    w[:m], w[n - m :] = ramp, ramp[::-1]
+    strip = np.concatenate(list(tiles * w), axis=1)
+    return np.ascontiguousarray(strip, dtype=np.float32)
+
+
+class VirtualBench:
+    """Digital twin of the optical bench (see the module docstring).
+
+    Args:
+        optics, sensor, slm, bench: the rig's config sections (``slm`` may be the device section).
+        clock: monotonic time source in seconds shared with the simulated devices (tests inject a
+            manual clock to make the settle model deterministic).
+        strip_tiles: number of N×N tiles in the periodic cell strip.
+        bank_bytes: memory budget of the noise-free frame bank.
+    """
+
+    def __init__(
+        self,
+        optics: OpticsConfig,
+        sensor: SensorConfig,
+        slm: SLMModelConfig,
+        bench: BenchConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        strip_tiles: int = 8,
+        bank_bytes: int = 256 << 20,
+        prefetch_frames: int = 32,
+    ) -> None:
+        self.optics, self.sensor_cfg, self.bench_cfg = optics, sensor, bench or BenchConfig()
+        self.slm_shape = (int(slm.pixels[0]), int(slm.pixels[1]))
+        self.slm_bit_depth = int(slm.bit_depth)
+        self.clock = clock
+        self.field_size = optics.field_size
+        self.binning = optics.binning
+        self.frame_shape = (self.field_size // self.binning, self.field_size // self.binning)
+        self.noise = bool(sensor.noise)
+        # batches beyond ~2^18 samples fall out of cache and get slower per frame
+        auto = max(1, (1 << 18) // (self.field_size * self.field_size))
+        self.prefetch_frames = max(1, min(int(prefetch_frames), auto))
+        self._lock = threading.RLock()
+
+        mm_cfg = self.bench_cfg.mismatch
+        self._hidden_mismatch = (
+            Mismatch.draw(mm_cfg.seed, mm_cfg.scale) if mm_cfg.enabled else Mismatch()
+        )
+        slm_model = SLMModelConfig(
+            **{k: getattr(slm, k) for k in SLMModelConfig.model_fields if hasattr(slm, k)}
+        )
+        with torch.no_grad():
+            self._system = PhysicalSystem(optics, sensor, slm_model, self._hidden_mismatch).eval()
+            self._precompute()
+
+        self._rng = np.random.default_rng([int(self.bench_cfg.seed), 0x5EB])
+        # sample stream
+        self._strip: np.ndarray | None = None
+        self._static: np.ndarray | None = None
+        self._sample_version = 0
+        self.strip_tiles = int(strip_tiles)
+        self._flow_q = int(round(self.bench_cfg.flow_px_per_frame * POSITION_QUANTUM))
+        self._init_sample()
+        # display timeline (SimSLM → bench); the SLM starts blank (grey 0)
+        blank = np.zeros(self.slm_shape, dtype=np.uint16 if self.slm_bit_depth > 8 else np.uint8)
+        self._timeline: list[_Shown] = [_Shown(-math.inf, pattern_key(blank), "blank", blank, 0.0)]
+        # caches
+        self._filters: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._max_filters = 8
+        self._bank: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
+        frame_bytes = 4 * self.frame_shape[0] * self.frame_shape[1]
+        self._bank_max = max(64, int(bank_bytes) // frame_bytes)
+        self.stats = {"rendered": 0, "bank_hits": 0, "filters_built": 0}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_rig(cls, rig: RigConfig, **kwargs: Any) -> VirtualBench:
+        """Bench for a rig config (optics, sensor, slm and bench sections)."""
+        return cls(rig.optics, rig.sensor, rig.slm, rig.bench, **kwargs)
+
+    def _precompute(self) -> None:
+        s = self._system
+        n = self.field_size
+        ramp = 2 * math.pi * (s._yx @ s.tilt_cycles) / n  # float64 (N, N)
+        self._tilt = ramp.to(torch.float32)
+        mm = self._hidden_mismatch
+        identity = (
+            mm.camera_shift_px == (0.0, 0.0)
+            and mm.camera_rotation_rad == 0.0
+            and mm.camera_scale == 1.0
+        )
+        if identity:
+            self._grid = None
+        else:
+            c, si = torch.cos(s.camera_rotation_rad), torch.sin(s.camera_rotation_rad)
+            rot = torch.stack([torch.stack([c, -si]), torch.stack([si, c])]) * s.camera_scale
+            src = s._yx @ rot.T - s.camera_shift_px + n // 2
+            self._grid = torch.stack(
+                [2 * src[..., 1] / (n - 1) - 1, 2 * src[..., 0] / (n - 1) - 1], -1
+            ).to(torch.float32)[None]
+        c = self.sensor_cfg
+        self._adc_max = float(2**c.bit_depth - 1)
+        self._cam_gain = float(s.camera_gain)
+        self._cam_offset = float(s.camera_offset_adu)
+        self._extra_read = float(s.extra_read_noise_e)
+
+    def _init_sample(self) -> None:
+        cfg = self.bench_cfg
+        n = self.field_size
+        from dmicro_hw.data import phantoms  # the shared phantom generator
+
+        if cfg.sample == "target":
+            self._strip = None
+            self._static = np.asarray(
+                phantoms.phase_target(n, "resolution", cfg.phase_max_rad), dtype=np.float32
+            )
+        else:
+            tiles = phantoms.generate_cells(self.strip_tiles, n, cfg.phase_max_rad, cfg.seed)
+            self._strip = _strip_from_tiles(np.asarray(tiles, dtype=np.float32))
+            self._static = None
+        self._sample_version += 1
+
+    # ------------------------------------------------------------------ sample
+    def set_sample(self, phase: np.ndarray | torch.Tensor) -> None:
+        """Put a known static phase (N, N) radians in the field (calibration target)."""
+        a = np.asarray(phase.detach().cpu() if isinstance(phase, torch.Tensor) else phase)
+        if a.shape != (self.field_size, self.field_size):
+            raise FrameShapeError(
+                f"set_sample: phase must be ({self.field_size}, {self.field_size}), got {a.shape}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise FrameShapeError("set_sample: phase contains NaN or inf")
+        with self._lock:
+            self._static = np.ascontiguousarray(a, dtype=np.float32)
+            self._sample_version += 1
+            self._bank.clear()
+
+    def reset_sample(self) -> None:
+        """Back to the configured sample (cell stream or target)."""
+        with self._lock:
+            self._init_sample()
+            self._bank.clear()
+
+    @property
+    def period_frames(self) -> int:
+        """Frames after which the sample stream repeats exactly (1 for a static sample)."""
+        if self._static is not None or self._flow_q == 0:
+            return 1
+        lq = self._strip.shape[1] * POSITION_QUANTUM
+        return lq // math.gcd(self._flow_q, lq)
+
+    def _position_q(self, frame_id: int) -> int:
+        """Quantised left edge of the window on the strip for ``frame_id`` (cells flow to +x)."""
+        if self._static is not None:
+            return 0
+        lq = self._strip.shape[1] * POSITION_QUANTUM
+        return (-int(frame_id) * self._flow_q) % lq
+
+    def _phase_at(self, pos_q: int) -> np.ndarray:
+        if self._static is not None:
+            return self._static
+        strip = self._strip
+        n, length = self.field_size, strip.shape[1]
+        i, f = divmod(pos_q, POSITION_QUANTUM)
+        cols = (i + np.arange(n)) % length
+        if f == 0:
+            return strip[:, cols]
+        w = f / POSITION_QUANTUM
+        return ((1 - w) * strip[:, cols] + w * strip[:, (cols + 1) % length]).astype(np.float32)
+
+    def true_phase(self, frame_id: int) -> np.ndarray:
+        """The exact sample phase (N, N) float32 radians the bench imaged for ``frame_id``."""
+        with self._lock:
+            return np.array(self._phase_at(self._position_q(frame_id)), dtype=np.float32)
+
+    # ------------------------------------------------------------------ display (SimSLM side)
+    def display(
+        self, grey: np.ndarray, label: str = "", settle_time_s: float = 0.0, t: float | None = None
+    ) -> str:
+        """Record that the SLM now shows ``grey`` (R, C); returns its content key."""
+        grey = np.asarray(grey)
+        if grey.shape != self.slm_shape:
+            raise FrameShapeError(f"SLM pattern must be {self.slm_shape}, got {grey.shape}")
+        key = pattern_key(grey)
+        with self._lock:
+            now = self.clock() if t is None else float(t)
+            entry = _Shown(now, key, label or key, grey.copy(), float(settle_time_s))
+            self._timeline.append(entry)
+            if len(self._timeline) > 16:
+                del self._timeline[:-16]
+        return key
+
+    def displayed_label(self, t: float | None = None) -> str:
+        """Id of the pattern most recently commanded at bench time ``t`` (default now)."""
+        t = self.clock() if t is None else t
+        with self._lock:
+            return self._commanded(t)[1].label
+
+    def _commanded(self, t: float) -> tuple[_Shown, _Shown]:
+        """(previous, current) timeline entries at time t."""
+        tl = self._timeline
+        idx = len(tl) - 1
+        while idx > 0 and tl[idx].t > t:
+            idx -= 1
+        return tl[max(idx - 1, 0)], tl[idx]
+
+    def _state_at(self, t: float) -> tuple[str, Callable[[], np.ndarray], str]:
+        """(filter key, grey provider, label) of what the SLM physically shows at time t.
+
+        Settle model: during ``settle_time_s`` after a change the liquid crystal moves from the
+        previous grey levels to the new ones; the bench images the previous pattern for the first
+        quarter of the settle time, then blends (1/4, 2/4, 3/4 of the way), then the new pattern.
+        """
+        prev, cur = self._commanded(t)
+        dt = t - cur.t
+        if cur.settle_s <= 0 or dt >= cur.settle_s or prev is cur:
+            return cur.key, lambda: cur.grey, cur.label
+        step = int(BLEND_STEPS * max(dt, 0.0) / cur.settle_s)
+        if step <= 0:
+            return prev.key, lambda: prev.grey, cur.label
+        s = step / BLEND_STEPS
+
+        def blend() -> np.ndarray:
+            return (1 - s) * prev.grey.astype(np.float32) + s * cur.grey.astype(np.float32)
+
+        return f"{prev.key}>{cur.key}@{step}", blend, cur.label
+
+    # ------------------------------------------------------------------ optics
+    def _filter(self, key: str, grey: Callable[[], np.ndarray] | np.ndarray) -> torch.Tensor:
+        """Realised filter (ifftshifted, complex64 (N, N)) for a displayed pattern, cached."""
+        h = self._filters.get(key)
+        if h is not None:
+            self._filters.move_to_end(key)
+            return h
+        g = grey() if callable(grey) else grey
+        with torch.no_grad():
+            centred = self._system.realised_filter(torch.as_tensor(np.asarray(g, np.float32)))
+            h = torch.fft.ifftshift(centred, dim=(-2, -1)).contiguous()
+        self._filters[key] = h
+        self.stats["filters_built"] += 1
+        while len(self._filters) > self._max_filters:
+            self._filters.popitem(last=False)
+        return h
+
+    def _electrons_batch(self, phases: np.ndarray, h: torch.Tensor) -> np.ndarray:
+        """Noise-free mean electrons per binned pixel (B, n, n) at the reference exposure."""
+        with torch.no_grad():
+            ph = torch.from_numpy(np.ascontiguousarray(phases, dtype=np.float32))
+            ph = ph + self._tilt
+            field = torch.complex(torch.cos(ph), torch.sin(ph))  # 2-3× faster than polar
+            spec = torch.fft.fft2(field)
+            spec.mul_(h)
+            img = torch.fft.ifft2(spec)
+            inten = img.real.square_().add_(img.imag.square())
+            if self._grid is not None:
+                grid = self._grid.expand(inten.shape[0], -1, -1, -1)
+                inten = F.grid_sample(
+                    inten[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True
+                )[:, 0]
+            e = F.avg_pool2d(inten[:, None], self.binning)[:, 0] if self.binning > 1 else inten
+            e = e.mul_(self.sensor_cfg.photons_per_pixel)
+        self.stats["rendered"] += int(phases.shape[0])
+        return e.numpy()
+
+    def _bank_get(self, fkey: str, grey: Callable[[], np.ndarray], frame_id: int) -> np.ndarray:
+        pos = self._position_q(frame_id)
+        bkey = (self._sample_version, fkey, pos)
+        e = self._bank.get(bkey)
+        if e is not None:
+            self.stats["bank_hits"] += 1
+            self._bank.move_to_end(bkey)
+            return e
+        h = self._filter(fkey, grey)
+        # render this frame and the next few positions that are missing, in one batch
+        positions = [pos]
+        if self._static is None:
+            for j in range(1, min(self.prefetch_frames, self.period_frames)):
+                p = self._position_q(frame_id + j)
+                if (self._sample_version, fkey, p) not in self._bank and p not in positions:
+                    positions.append(p)
+        self._bank_store(fkey, positions, h)
+        return self._bank[bkey]
+
+    def _bank_store(self, fkey: str, positions: Sequence[int], h: torch.Tensor) -> None:
+        phases = np.stack([self._phase_at(p) for p in positions])
+        es = self._electrons_batch(phases, h)
+        for p, e in zip(positions, es):
+            self._bank[(self._sample_version, fkey, p)] = e
+        while len(self._bank) > self._bank_max:
+            self._bank.popitem(last=False)
+
+    def prefill(self, t: float | None = None, batch: int = 32, max_frames: int = 65536) -> int:
+        """Fill the noise-free bank for one full period of the sample stream with the pattern
+        shown at time ``t`` (default now, settled); returns the number of frames rendered."""
+        with self._lock:
+            _, cur = self._commanded(self.clock() if t is None else t)
+            h = self._filter(cur.key, cur.grey)
+            n = min(self.period_frames, max_frames, self._bank_max)
+            todo = [
+                p
+                for p in dict.fromkeys(self._position_q(i) for i in range(n))
+                if (self._sample_version, cur.key, p) not in self._bank
+            ]
+            batch = max(1, min(batch, self.prefetch_frames))
+            for i in range(0, len(todo), batch):
+                self._bank_store(cur.key, todo[i : i + batch], h)
+            return len(todo)
+
+    # ------------------------------------------------------------------ sensor
+    def _adu(self, e_ref: np.ndarray, exposure_s: float | None, noise: bool) -> np.ndarray:
+        """Mean electrons → raw ADU float32, the same chain as Sensor + PhysicalSystem."""
+        c = self.sensor_cfg
+        scale = (exposure_s or c.exposure_s) / c.exposure_s
+        mean = np.maximum(e_ref * np.float32(scale), 0, dtype=np.float32)
+        if noise:
+            e = self._rng.poisson(mean).astype(np.float32)
+            if c.read_noise_e > 0:
+                e += np.float32(c.read_noise_e) * self._rng.standard_normal(
+                    e.shape, dtype=np.float32
+                )
+        else:
+            e = mean
+        adu = np.minimum(e, np.float32(c.full_well_e)) * np.float32(c.gain_adu_per_e)
+        adu += np.float32(c.offset_adu)
+        if noise:
+            np.round(adu, out=adu)
+        np.clip(adu, 0.0, self._adc_max, out=adu)
+        if noise and self._extra_read > 0:
+            adu += self._rng.standard_normal(adu.shape, dtype=np.float32) * np.float32(
+                self._extra_read * c.gain_adu_per_e
+            )
+        adu = adu * np.float32(self._cam_gain) + np.float32(self._cam_offset)
+        return np.clip(adu, 0.0, self._adc_max, out=adu)
+
+    @property
+    def adc_max(self) -> float:
+        """Largest raw ADU value (2^bit_depth − 1 of the sensor)."""
+        return self._adc_max
+
+    # ------------------------------------------------------------------ rendering
+    def render(
+        self,
+        frame_id: int,
+        grey_pattern: np.ndarray | None = None,
+        *,
+        t: float | None = None,
+        noise: bool | None = None,
+        exposure_s: float | None = None,
+    ) -> np.ndarray:
+        """Raw ADU frame (N/k, N/k) float32 of ``frame_id``.
+
+        With ``grey_pattern`` (R, C) the bench images that pattern (fully settled); without it,
+        what the SLM physically shows at bench time ``t`` (default now; settle model applies).
+        ``noise`` defaults to ``sensor.noise``; ``exposure_s`` to ``sensor.exposure_s``.
+        """
+        noise = self.noise if noise is None else bool(noise)
+        with self._lock:
+            if grey_pattern is not None:
+                g = np.asarray(grey_pattern)
+                if g.shape != self.slm_shape:
+                    raise FrameShapeError(f"SLM pattern must be {self.slm_shape}, got {g.shape}")
+                fkey, provider = pattern_key(g), (lambda: g)
+            else:
+                fkey, provider, _ = self._state_at(self.clock() if t is None else t)
+            e = self._bank_get(fkey, provider, int(frame_id))
+            return self._adu(e, exposure_s, noise)
+
+    def capture(
+        self,
+        frame_id: int,
+        t: float,
+        *,
+        noise: bool | None = None,
+        exposure_s: float | None = None,
+    ) -> tuple[np.ndarray, str]:
+        """(raw ADU frame, commanded pattern id) for a frame captured at bench time ``t``."""
+        noise = self.noise if noise is None else bool(noise)
+        with self._lock:
+            fkey, provider, label = self._state_at(t)
+            e = self._bank_get(fkey, provider, int(frame_id))
+            return self._adu(e, exposure_s, noise), label
+
+    def render_phase(
+        self, phase: np.ndarray, grey_pattern: np.ndarray, noise: bool = False
+    ) -> np.ndarray:
+        """Raw ADU frames (B, N/k, N/k) for arbitrary phases (B, N, N) and a pattern (uncached)."""
+        phase = np.asarray(phase, dtype=np.float32)
+        if phase.ndim == 2:
+            phase = phase[None]
+        with self._lock:
+            h = self._filter(pattern_key(np.asarray(grey_pattern)), np.asarray(grey_pattern))
+            e = self._electrons_batch(phase, h)
+            return np.stack([self._adu(x, None, noise) for x in e])
+
+    def clear_caches(self) -> None:
+        """Drop cached filters and the frame bank (memory)."""
+        with self._lock:
+            self._filters.clear()
+            self._bank.clear()
+
+    def __repr__(self) -> str:  # never shows the mismatch
+        return (
+            f"VirtualBench(N={self.field_size}, k={self.binning}, sample={self.bench_cfg.sample}, "
+            f"slm={self.slm_shape})"
+        )
+
+
+def reveal_mismatch_for_scoring(bench: VirtualBench) -> Mismatch:
+    """The bench's hidden mismatch — FOR TESTS AND BENCHMARKS THAT SCORE A CALIBRATION ONLY.
+
+    Calibration code must never call this: it has to recover the mismatch from frames.
+    """
+    m = bench._hidden_mismatch
+    return Mismatch.from_dict(m.to_dict())
+
+
+# ---------------------------------------------------------------------- per-rig shared bench
+_BENCHES: OrderedDict[int, tuple[Any, VirtualBench]] = OrderedDict()
+_BENCHES_MAX = 32
+_BENCHES_LOCK = threading.Lock()
+
+
+def get_bench(rig: RigConfig, **kwargs: Any) -> VirtualBench:
+    """The one VirtualBench of ``rig`` (same config object → same bench), so that the simulated
+    SLM and camera of a rig share their optics. Keyed by ``id(rig)``; the rig is kept alive by
+    the registry so the id cannot be reused while the entry exists (at most 32 rigs are kept)."""
+    with _BENCHES_LOCK:
+        entry = _BENCHES.get(id(rig))
+        if entry is not None and entry[0] is rig:
+            _BENCHES.move_to_end(id(rig))
+            return entry[1]
+        bench = VirtualBench.from_rig(rig, **kwargs)
+        _BENCHES[id(rig)] = (rig, bench)
+        while len(_BENCHES) > _BENCHES_MAX:
+            _BENCHES.popitem(last=False)
+        return bench
+
+
+def release_bench(rig: RigConfig) -> None:
+    """Forget the shared bench of ``rig`` (a later get_bench builds a fresh one)."""
+    with _BENCHES_LOCK:
+        _BENCHES.pop(id(rig), None)
+
+
+def bench_of(device: Any) -> VirtualBench:
+    """The VirtualBench behind a simulated device (SimSLM/SimCamera): for scoring and tests."""
+    bench = getattr(device, "_bench", None)
+    if not isinstance(bench, VirtualBench):
+        raise TypeError(f"{type(device).__name__} is not a simulated device with a bench")
+    return bench
