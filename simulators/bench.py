@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 POSITION_QUANTUM = 1024  # sample positions are multiples of 1/1024 px
 BLEND_STEPS = 4  # settle transition: previous pattern, then 1/4, 2/4, 3/4 blends, then new
+POISSON_EXACT_BELOW = 100.0  # mean electrons; above, shot noise uses the Gaussian limit
 
 
 def pattern_key(grey: np.ndarray) -> str:
@@ -400,7 +401,7 @@ class VirtualBench:
         scale = (exposure_s or c.exposure_s) / c.exposure_s
         mean = np.maximum(e_ref * np.float32(scale), 0, dtype=np.float32)
         if noise:
-            e = self._rng.poisson(mean).astype(np.float32)
+            e = self._shot_noise(mean)
             if c.read_noise_e > 0:
                 e += np.float32(c.read_noise_e) * self._rng.standard_normal(
                     e.shape, dtype=np.float32
@@ -418,6 +419,23 @@ class VirtualBench:
             )
         adu = adu * np.float32(self._cam_gain) + np.float32(self._cam_offset)
         return np.clip(adu, 0.0, self._adc_max, out=adu)
+
+    def _shot_noise(self, mean: np.ndarray) -> np.ndarray:
+        """Poisson photo-electron counts (float32). Above ``POISSON_EXACT_BELOW`` mean electrons
+        the Gaussian limit N(λ, λ), rounded, is drawn instead (skewness 1/√λ < 0.1; ~4× faster
+        than numpy's Poisson sampler at the λ ~ 10⁴ of a bright frame)."""
+        rng = self._rng
+        if float(mean.max(initial=0.0)) < POISSON_EXACT_BELOW:
+            return rng.poisson(mean).astype(np.float32)
+        e = rng.standard_normal(mean.shape, dtype=np.float32)
+        e *= np.sqrt(mean)
+        e += mean
+        np.rint(e, out=e)
+        np.maximum(e, 0, out=e)
+        small = mean < POISSON_EXACT_BELOW
+        if small.any():
+            e[small] = rng.poisson(mean[small])
+        return e
 
     @property
     def adc_max(self) -> float:

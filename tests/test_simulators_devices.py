@@ -3,7 +3,10 @@ triggered mode (also from the simulated trigger firmware), registry and the ship
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -282,7 +285,7 @@ def test_registry_and_shipped_sim_rig():
     rig = load_rig_config(ROOT / "configs" / "sim-rig.yaml")
     assert rig.slm.backend == "sim" and rig.camera.backend == "sim"
     assert rig.trigger.backend == "none"
-    rig.camera.options = {**rig.camera.options, "paced": False}
+    rig.camera.options = {**rig.camera.options, "paced": False, "prefill": False}
     try:
         slm = open_device("slm", rig.slm, rig)
         cam = open_device("camera", rig.camera, rig)
@@ -296,3 +299,19 @@ def test_registry_and_shipped_sim_rig():
         assert 0 < frames[-1].data.mean() < 4095
     finally:
         release_bench(rig)
+
+
+def test_bench_sim_command_writes_json(tmp_path):
+    out = tmp_path / "bench-sim.json"
+    dmicro = str(Path(sys.executable).with_name("dmicro"))
+    cmd = [dmicro, "bench", "sim", "--sizes", "32x16"]
+    cmd += ["--frames", "20", "--rate", "2000", "--paced-seconds", "0.05", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert rows[0]["field_size"] == 32 and rows[0]["camera_unpaced_fps_prefilled"] > 0
+    from dmicro_hw.cli import main
+
+    with pytest.raises(SystemExit) as bad:  # the same CLI in-process: one clear error line
+        main(["bench", "sim", "--sizes", "33x16", "--out", str(out)])
+    assert bad.value.code == 2
