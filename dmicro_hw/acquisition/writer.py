@@ -27,6 +27,7 @@ arrays and each side resizes only its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -132,15 +133,14 @@ class _Side:
             t0 = time.perf_counter()
             cat = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in self.pending.items()}
             first = next(iter(self.arrays.values()))
+            cap = 0
             if end > first.shape[0]:
                 cap = max(end, first.shape[0] + self.grow)
                 cap = int(math.ceil(cap / self.chunk) * self.chunk)
-                for a in self.arrays.values():
-                    a.resize((cap, *a.shape[1:]))
-            s = slice(self.committed, end)
-            for k, a in self.arrays.items():
-                a[s] = cat[k][:n]
-            self.counter[0] = end  # written last: readers trust it
+            values = {k: v[:n] for k, v in cat.items()}
+            from zarr.core.sync import sync  # zarr's event loop: one round trip per commit
+
+            sync(self._write(cap, slice(self.committed, end), values, end))
             self.committed = end
             for k in self.pending:
                 rest = cat[k][n:]
@@ -151,6 +151,17 @@ class _Side:
             self.write_s += time.perf_counter() - t0
             self.commits += 1
             return n
+
+    async def _write(self, cap: int, s: slice, values: dict[str, np.ndarray], end: int) -> None:
+        """Resize (if needed), write every array concurrently, then the counter — one round
+        trip to zarr's event loop instead of one per array."""
+        arrays = self.arrays
+        if cap:
+            await asyncio.gather(
+                *(a.async_array.resize((cap, *a.shape[1:])) for a in arrays.values())
+            )
+        await asyncio.gather(*(a.async_array.setitem(s, values[k]) for k, a in arrays.items()))
+        await self.counter.async_array.setitem(0, end)  # written last: readers trust it
 
     def age_s(self) -> float:
         return time.monotonic() - self.oldest_pending if self.n_pending else 0.0

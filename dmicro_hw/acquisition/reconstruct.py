@@ -1,0 +1,345 @@
+"""Reconstruction: raw camera frames (ADU) → phase in radians, live (worker thread) or offline.
+
+    raw ADU (B, h, w) ─ undo calibrated camera gain/offset ─ Sensor.normalise (rig.sensor)
+      ─ decoder (standardised with the checkpoint's fixed statistics) ─ × phase_max_rad
+      → phase (B, N, N) float32 radians
+
+On CUDA the batch goes through a pinned host buffer with non-blocking copies, and the decoder runs
+under autocast (bfloat16/float16) only if a self-check at start-up shows it keeps the normalised
+phase within ``autocast_tol`` of float32; otherwise it stays in float32. On the CPU it runs in
+float32 under ``torch.inference_mode``.
+
+:class:`ReconWorker` is the live consumer: it reads the frame ring as a *lossy* consumer, so a slow
+decoder never holds the camera or the raw writer back; frames it could not reach are stored with
+``recon_status = skipped`` and can be decoded later with ``dmicro reconstruct``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmicro_hw.acquisition.ring_buffer import FrameRing
+from dmicro_hw.acquisition.writer import RECON_ERROR, RECON_OK, RECON_SKIPPED, RunWriter
+from dmicro_hw.errors import CheckpointError, ConfigError, FrameShapeError
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str = "auto") -> str:
+    """'auto' → 'cuda' when available, else 'cpu'; 'cuda' without CUDA is a ConfigError."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("acquisition.recon_device: 'cuda' requested but CUDA is not available")
+    return requested
+
+
+class Reconstructor:
+    """Decode raw ADU batches into phase (radians) with a trained model.
+
+    Args:
+        model: a :class:`~dmicro_hw.training.model.DMicroModel` (``decode``, ``encoder``).
+        sensor_cfg: the rig's :class:`~dmicro_hw.config.SensorConfig` (ADU → intensity units).
+        device: 'auto' | 'cpu' | 'cuda'.
+        camera_gain, camera_offset_adu: calibrated camera response raw' = gain·raw + offset
+            (1, 0 without a calibration bundle); undone before normalising.
+        max_batch: largest batch (pinned buffers are sized for it).
+        autocast: 'auto' (use it if accurate), 'off', or 'on' (CUDA only).
+        autocast_tol: largest allowed |Δ| of the normalised phase (fraction of phase_max).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        sensor_cfg: Any,
+        *,
+        device: str = "auto",
+        camera_gain: float = 1.0,
+        camera_offset_adu: float = 0.0,
+        max_batch: int = 8,
+        autocast: str = "auto",
+        autocast_tol: float = 2e-3,
+        threads: int | None = None,
+    ) -> None:
+        import torch
+
+        from dmicro_hw.optics.sensor import Sensor
+
+        self.device = pick_device(device)
+        if threads and self.device == "cpu":
+            torch.set_num_threads(int(threads))
+        self.model = model.to(self.device).eval()
+        enc = model.encoder
+        self.field_size = int(enc.field_size)
+        self.binning = int(enc.binning)
+        self.compression = int(enc.compression)
+        self.input_shape = (self.field_size // self.binning, self.field_size // self.binning)
+        self.phase_max_rad = float(model.phase_max_rad)
+        self.pixel_size_m = float(enc.optics.pixel_size_m)
+        sensor = Sensor(sensor_cfg, self.binning)
+        # raw' = g·raw + o ; intensity = (raw − off) / (gain·photons) → one affine map a·raw' + b
+        c = sensor.cfg
+        inv = 1.0 / (c.gain_adu_per_e * c.photons_per_pixel)
+        self._base_scale = inv / float(camera_gain)
+        self._scale = self._base_scale
+        self._shift = -(float(camera_offset_adu) / float(camera_gain) + c.offset_adu) * inv
+        self.pixel_scale = 1.0
+        self.max_batch = int(max_batch)
+        self.autocast_dtype: Any = None
+        self._pinned_in = None
+        self._pinned_out = None
+        self._stream = None
+        if self.device == "cuda":
+            h, w = self.input_shape
+            n = self.field_size
+            self._pinned_in = torch.empty((self.max_batch, h, w), dtype=torch.float32).pin_memory()
+            self._pinned_out = torch.empty((self.max_batch, n, n), dtype=torch.float32).pin_memory()
+            self._stream = torch.cuda.Stream()
+            if autocast != "off":
+                self.autocast_dtype = self._choose_autocast(autocast == "on", autocast_tol)
+        self.autocast_error: float | None = getattr(self, "autocast_error", None)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: Path | str,
+        rig: Any,
+        *,
+        camera_gain: float = 1.0,
+        camera_offset_adu: float = 0.0,
+        **kwargs: Any,
+    ) -> Reconstructor:
+        """Build from a ``dmicro train`` checkpoint for the rig's sensor and optics."""
+        from dmicro_hw.training.checkpoint import build_model_from_checkpoint
+
+        model, train_cfg = build_model_from_checkpoint(checkpoint, device="cpu")
+        o = rig.optics
+        if (train_cfg.optics.field_size, train_cfg.optics.compression) != (
+            o.field_size,
+            o.compression,
+        ):
+            raise CheckpointError(
+                f"{checkpoint}: trained for field_size {train_cfg.optics.field_size} ×"
+                f"{train_cfg.optics.compression}, but the rig has optics.field_size "
+                f"{o.field_size} ×{o.compression}"
+            )
+        rec = cls(
+            model,
+            rig.sensor,
+            camera_gain=camera_gain,
+            camera_offset_adu=camera_offset_adu,
+            **kwargs,
+        )
+        rec.train_cfg = train_cfg
+        return rec
+
+    def set_pixel_scale(self, scale: float) -> None:
+        """Pixel values = ADC values × ``scale`` (e.g. 16 for a 12-bit ADC sent as Mono16,
+        1/16 for Mono8); decoding divides it out."""
+        self.pixel_scale = float(scale)
+        self._scale = self._base_scale / self.pixel_scale
+
+    # ------------------------------------------------------------------ decoding
+    def check_frame_shape(self, shape: tuple[int, ...]) -> None:
+        if tuple(shape) != self.input_shape:
+            raise FrameShapeError(
+                f"camera frames are {tuple(shape)} but the decoder expects {self.input_shape} "
+                f"(field {self.field_size}, ×{self.compression}); set camera width/height/binning "
+                "to match or run with --no-recon"
+            )
+
+    def _decode_tensor(self, x: Any) -> Any:
+        """x: (B, h, w) float32 ADU on self.device → normalised phase (B, N, N) in [0, 1]."""
+        import torch
+
+        x = x * self._scale + self._shift
+        if self.autocast_dtype is not None:
+            with torch.autocast("cuda", dtype=self.autocast_dtype):
+                y = self.model.decode(x)
+            y = y.float()
+        else:
+            y = self.model.decode(x)
+        return y.clamp_(0.0, 1.0)  # as training's metrics and denormalise_phase do
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """Decode raw ADU (n, h, w) → phase (n, N, N) float32 radians (any n; split by
+        ``max_batch``)."""
+        n = raw.shape[0]
+        out = np.empty((n, self.field_size, self.field_size), dtype=np.float32)
+        for s in range(0, n, self.max_batch):
+            e = min(n, s + self.max_batch)
+            out[s:e] = self._decode_batch(raw[s:e])
+        return out
+
+    def _decode_batch(self, raw: np.ndarray) -> np.ndarray:
+        import torch
+
+        b = raw.shape[0]
+        with torch.inference_mode():
+            if self.device == "cuda":
+                pin_in = self._pinned_in[:b]
+                pin_in.numpy()[...] = raw  # host-side cast into pinned memory
+                with torch.cuda.stream(self._stream):
+                    x = pin_in.to("cuda", non_blocking=True)
+                    y = self._decode_tensor(x) * self.phase_max_rad
+                    pin_out = self._pinned_out[:b]
+                    pin_out.copy_(y, non_blocking=True)
+                self._stream.synchronize()
+                return pin_out.numpy().copy()
+            x = torch.from_numpy(np.asarray(raw, dtype=np.float32))
+            return (self._decode_tensor(x) * self.phase_max_rad).numpy()
+
+    def warmup(self, n: int = 2) -> None:
+        """Run a few batches so first-frame latency does not include lazy initialisation."""
+        raw = self._probe_frames(min(self.max_batch, 4))
+        for _ in range(n):
+            self(raw)
+
+    def _probe_frames(self, b: int) -> np.ndarray:
+        """Plausible raw frames: the model's own encoder on smooth random phase, in ADU."""
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        n = self.field_size
+        coarse = torch.rand((b, 1, 8, 8), generator=g)
+        phase = torch.nn.functional.interpolate(coarse, size=(n, n), mode="bicubic")[:, 0]
+        phase = phase.clamp(0, 1) * self.phase_max_rad
+        with torch.no_grad():
+            enc = self.model.encoder.to("cpu")
+            inten = enc(phase)
+            self.model.to(self.device)
+        # intensity → ADU through the affine map's inverse
+        adu = (inten.numpy() - self._shift) / self._scale
+        return adu.astype(np.float32)
+
+    def _choose_autocast(self, force: bool, tol: float) -> Any:
+        import torch
+
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        raw = self._probe_frames(min(self.max_batch, 4))
+        with torch.inference_mode():
+            x = torch.from_numpy(raw).to("cuda")
+            ref = self._decode_tensor(x)
+            self.autocast_dtype = dtype
+            try:
+                low = self._decode_tensor(x)
+                err = float((low - ref).abs().max())
+            except RuntimeError as e:  # op without low-precision kernel
+                log.info("autocast unavailable (%s); using float32", e)
+                self.autocast_dtype = None
+                return None
+        self.autocast_error = err
+        if force or err <= tol:
+            log.info("autocast %s on: max |Δ| %.2e of normalised phase", dtype, err)
+            return dtype
+        log.info("autocast %s off: max |Δ| %.2e > %.1e", dtype, err, tol)
+        return None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "autocast": str(self.autocast_dtype).replace("torch.", "")
+            if self.autocast_dtype
+            else "off",
+            "autocast_max_error": self.autocast_error,
+            "field_size": self.field_size,
+            "compression": self.compression,
+            "input_shape": list(self.input_shape),
+            "phase_max_rad": self.phase_max_rad,
+            "max_batch": self.max_batch,
+            "pixel_scale": self.pixel_scale,
+        }
+
+
+class ReconWorker(threading.Thread):
+    """Lossy ring consumer: decode batches, append phase + status to the run store in t order.
+
+    ``stop_after(deadline_s)`` bounds the drain at the end of a run: frames not decoded by then
+    are stored as skipped.
+    """
+
+    def __init__(
+        self,
+        ring: FrameRing,
+        writer: RunWriter,
+        recon: Reconstructor,
+        consumer: str = "recon",
+        batch: int = 8,
+        on_phase: Any = None,
+    ) -> None:
+        super().__init__(name="dmicro-recon", daemon=True)
+        self.ring = ring
+        self.writer = writer
+        self.recon = recon
+        self.consumer = consumer
+        self.batch = int(batch)
+        self.on_phase = on_phase  # callback(frame_ids, phase) for the live preview
+        self.next_seq = ring.published
+        ring.add_consumer(consumer, lossy=True)
+        self.decoded = 0
+        self.skipped = 0
+        self.errors = 0
+        self.batch_ms: list[float] = []
+        self.latency_ms: list[float] = []
+        self._deadline: float | None = None
+        self.error: BaseException | None = None
+
+    def stop_after(self, seconds: float) -> None:
+        self._deadline = time.monotonic() + seconds
+
+    def _skip(self, n: int) -> None:
+        if n > 0:
+            self.writer.append_phase(None, np.full(n, RECON_SKIPPED, dtype=np.uint8))
+            self.skipped += n
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 - reported by the pipeline
+            log.exception("reconstruction worker failed")
+            self.error = e
+        finally:
+            try:
+                # whatever was never reached (deadline, failure) is marked skipped
+                self._skip(self.ring.published - self.next_seq)
+                self.writer.flush_phase()
+            except Exception:  # noqa: BLE001
+                log.exception("could not flush phase")
+
+    def _loop(self) -> None:
+        while True:
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                return
+            b = self.ring.get(self.consumer, self.batch, timeout=0.05)
+            if b is None:
+                if self.ring.finished(self.consumer):
+                    return
+                continue
+            self._skip(b.seq0 - self.next_seq)
+            t0 = time.perf_counter()
+            try:
+                phase = self.recon(b.data)
+                status = np.full(b.n, RECON_OK, dtype=np.uint8)
+            except Exception:  # noqa: BLE001 - a decode failure must not stop acquisition
+                log.exception("decoding frames %d..%d failed", b.seq0, b.seq0 + b.n - 1)
+                phase = None
+                status = np.full(b.n, RECON_ERROR, dtype=np.uint8)
+                self.errors += b.n
+            t1 = time.perf_counter()
+            self.writer.append_phase(phase, status)
+            self.next_seq = b.seq0 + b.n
+            if phase is not None:
+                self.decoded += b.n
+                self.batch_ms.append((t1 - t0) * 1e3)
+                self.latency_ms.extend(((t1 - b.records["recv_time"]) * 1e3).tolist())
+                if self.on_phase is not None:
+                    self.on_phase(b.records["frame_id"], phase)

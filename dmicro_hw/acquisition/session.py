@@ -1,0 +1,360 @@
+"""One acquisition session from a rig config: load and cross-check the assets, open the devices,
+run the :class:`~dmicro_hw.acquisition.pipeline.Acquisition`, score it on the simulated rig, write
+``run.json``.
+
+Assets and the checks that they belong together and to this rig:
+
+* pattern (``rig.pattern``, from ``dmicro export``): hashes verified, SLM shape / bit depth /
+  wavelength of this rig (:func:`dmicro_hw.export.load_pattern`); exported from the loaded
+  checkpoint (its SHA-256 in the sidecar) and with the loaded calibration bundle (same SHA-256);
+* calibration (``rig.calibration``): measured on this rig id and wavelength; camera gain/offset
+  from it are undone before decoding;
+* checkpoint (``rig.checkpoint``): trained for this rig's field size and compression.
+
+The command-line front end (live status, signals, table) is :mod:`dmicro_hw.commands.acquire`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dmicro_hw.acquisition.pipeline import Acquisition, AcquisitionOptions
+from dmicro_hw.config import RigConfig
+from dmicro_hw.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Assets:
+    """What a run needs besides devices, loaded and cross-checked."""
+
+    pattern: Any = None  # export.ExportedPattern
+    calibration: Any = None  # export.SLMCalibration
+    camera_gain: float = 1.0
+    camera_offset_adu: float = 0.0
+    checkpoint: Path | None = None
+    checkpoint_sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def patterns_table(self) -> list[dict[str, Any]]:
+        if self.pattern is None:
+            return []
+        return [
+            {
+                "index": 0,
+                "id": self.pattern.pattern_id,
+                "sha256": self.pattern.sha256,
+                "path": str(self.pattern.path),
+            }
+        ]
+
+    def attrs(self) -> dict[str, Any]:
+        cal = self.calibration
+        return {
+            "pattern_sha256": self.pattern.sha256 if self.pattern is not None else None,
+            "pattern_id": self.pattern.pattern_id if self.pattern is not None else None,
+            "calibration_sha256": cal.sha256 if cal is not None else None,
+            "calibration_path": str(cal.path) if cal is not None and cal.path else None,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "checkpoint_path": str(self.checkpoint) if self.checkpoint else None,
+            "camera_gain": self.camera_gain,
+            "camera_offset_adu": self.camera_offset_adu,
+        }
+
+
+def _camera_response(cal_path: Path) -> tuple[float, float]:
+    """Camera gain/offset of a calibration bundle (1, 0 when it has none)."""
+    f = cal_path / "calibration.json" if cal_path.is_dir() else cal_path
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 1.0, 0.0
+    for section, gk, ok in (
+        ("camera", "gain", "offset_adu"),
+        ("mismatch", "camera_gain", "camera_offset_adu"),
+    ):
+        s = data.get(section)
+        if isinstance(s, dict) and (gk in s or ok in s):
+            g, o = float(s.get(gk, 1.0)), float(s.get(ok, 0.0))
+            if not (math.isfinite(g) and g > 0 and math.isfinite(o)):
+                raise CheckpointError(f"{f}: {section}.{gk} must be > 0 and finite, got {g}")
+            return g, o
+    return 1.0, 0.0
+
+
+def load_assets(rig: RigConfig, need_checkpoint: bool = True) -> Assets:
+    """Load pattern, calibration and checkpoint named by ``rig`` and check they belong together."""
+    from dmicro_hw.export import (
+        check_calibration_for_rig,
+        load_pattern,
+        load_slm_calibration,
+        sha256_file,
+    )
+
+    a = Assets()
+    if rig.calibration is not None:
+        a.calibration = load_slm_calibration(rig.calibration)
+        check_calibration_for_rig(a.calibration, rig)
+        a.camera_gain, a.camera_offset_adu = _camera_response(Path(rig.calibration))
+    if rig.checkpoint is not None:
+        ck = Path(rig.checkpoint)
+        if not ck.is_file():
+            raise CheckpointError(f"{ck}: checkpoint (rig key 'checkpoint') not found")
+        a.checkpoint = ck
+        a.checkpoint_sha256 = sha256_file(ck)
+    elif need_checkpoint:
+        raise ConfigError(
+            "checkpoint: the rig config names no checkpoint; set 'checkpoint:' or use --no-recon"
+        )
+    if rig.pattern is not None:
+        a.pattern = load_pattern(rig.pattern, rig)
+        hashes = a.pattern.sidecar.get("sha256") or {}
+        want_ck = hashes.get("checkpoint")
+        if a.checkpoint_sha256 and want_ck and want_ck != a.checkpoint_sha256:
+            raise CheckpointError(
+                f"{a.pattern.path}: pattern was exported from another checkpoint than "
+                f"{a.checkpoint} (SHA-256 differs) — export it again from this checkpoint"
+            )
+        want_cal = hashes.get("calibration")
+        have_cal = a.calibration.sha256 if a.calibration is not None else None
+        if want_cal and have_cal and want_cal != have_cal:
+            raise CheckpointError(
+                f"{a.pattern.path}: pattern was exported with another calibration bundle than "
+                f"{rig.calibration} — export it again with this calibration"
+            )
+        if want_cal and not have_cal:
+            raise CheckpointError(
+                f"{a.pattern.path}: pattern was exported with a calibration bundle, but the rig "
+                "config names none (set 'calibration:')"
+            )
+        if have_cal and not want_cal:
+            a.notes.append("pattern was exported without the rig's calibration bundle")
+            log.warning("%s: pattern exported without calibration", a.pattern.path)
+    return a
+
+
+def default_out(rig: RigConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(rig.acquisition.out) / f"{rig.rig_id}-{stamp}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def frame_interval_s(rig: RigConfig, mode: str) -> float:
+    """Nominal time between frames: trigger rate, camera frame rate, or the simulated bench's."""
+    if mode == "triggered":
+        return 1.0 / rig.trigger.rate_hz
+    if rig.camera.frame_rate_hz:
+        return 1.0 / rig.camera.frame_rate_hz
+    if rig.camera.backend == "sim":
+        return 1.0 / rig.bench.frame_rate_hz
+    return 0.0
+
+
+def write_run_json(path: Path, summary: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Session:
+    """Everything between ``dmicro-acquire --config rig.yaml`` and its ``run.json``.
+
+    Use as ``with Session(...) as s: s.start(); s.acq.wait(); summary = s.finish()``; leaving the
+    ``with`` block closes every device (blank SLM, stopped camera, disarmed trigger) whatever
+    happened.
+    """
+
+    def __init__(
+        self,
+        rig: RigConfig,
+        *,
+        config_path: Path | None = None,
+        frames: int | None = None,
+        duration_s: float | None = None,
+        out: Path | None = None,
+        recon: bool = True,
+        mode: str | None = None,
+        recon_device: str | None = None,
+        score: bool = True,
+        on_phase: Any = None,
+    ) -> None:
+        self.rig = rig
+        self.config_path = config_path
+        acq = rig.acquisition
+        self.mode = mode or acq.mode
+        if frames is None and duration_s is None:
+            frames, duration_s = acq.frames, acq.duration_s
+        if frames is None and duration_s is None:
+            raise ConfigError("acquisition: give --frames or --duration (or acquisition.frames)")
+        self.frames, self.duration_s = frames, duration_s
+        self.out_dir = Path(out) if out is not None else default_out(rig)
+        self.store = self.out_dir / "run.zarr"
+        if self.store.exists():
+            raise ConfigError(f"--out {self.out_dir}: already holds a run (run.zarr)")
+        self.do_recon = bool(recon and acq.recon)
+        self.recon_device = recon_device or acq.recon_device
+        self.score = score
+        self.on_phase = on_phase
+        self._stack = contextlib.ExitStack()
+        self.assets: Assets | None = None
+        self.reconstructor: Any = None
+        self.camera: Any = None
+        self.slm: Any = None
+        self.trigger: Any = None
+        self.acq: Acquisition | None = None
+        self.summary: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ context
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    # ------------------------------------------------------------------ steps
+    def prepare(self) -> None:
+        """Load assets and the decoder (before any device is touched)."""
+        rig = self.rig
+        self.assets = load_assets(rig, need_checkpoint=self.do_recon)
+        if self.do_recon:
+            from dmicro_hw.acquisition.reconstruct import Reconstructor
+
+            self.reconstructor = Reconstructor.from_checkpoint(
+                self.assets.checkpoint,
+                rig,
+                camera_gain=self.assets.camera_gain,
+                camera_offset_adu=self.assets.camera_offset_adu,
+                device=self.recon_device,
+                max_batch=rig.acquisition.recon_batch,
+                # leave a core to the camera and writer threads: raw data comes first
+                threads=max(1, (os.cpu_count() or 2) - 1),
+            )
+            self.reconstructor.warmup()
+
+    def open_devices(self) -> None:
+        """Open trigger, SLM and camera (each closed again when the session ends)."""
+        from dmicro_hw.drivers.base import open_device
+
+        rig = self.rig
+        self.slm = self._stack.enter_context(open_device("slm", rig.slm, rig))
+        if self.mode == "triggered":
+            self.trigger = self._stack.enter_context(open_device("trigger", rig.trigger, rig))
+        camera = open_device("camera", rig.camera, rig)
+        self.camera = self._stack.enter_context(camera)
+        if hasattr(self.camera, "set_trigger_mode"):
+            self.camera.set_trigger_mode(self.mode)
+        if self.mode == "triggered" and hasattr(self.camera, "attach_trigger"):
+            self.camera.attach_trigger(self.trigger)
+
+    def start(self) -> Acquisition:
+        """prepare → open devices → show pattern, settle, stream. Returns the running pipeline."""
+        if self.assets is None:
+            self.prepare()
+        self.open_devices()
+        rig, a = self.rig, self.assets
+        assert a is not None
+        attrs = {
+            "rig_id": rig.rig_id,
+            "config_path": str(self.config_path) if self.config_path else None,
+            "rig": rig.model_dump(mode="json"),
+            **a.attrs(),
+        }
+        opt = AcquisitionOptions(
+            out=self.store,
+            frames=self.frames,
+            duration_s=self.duration_s,
+            mode=self.mode,
+            ring_frames=rig.acquisition.ring_frames,
+            chunk_frames=rig.acquisition.chunk_frames,
+            recon_batch=rig.acquisition.recon_batch,
+            trigger_rate_hz=rig.trigger.rate_hz,
+            frame_interval_s=frame_interval_s(rig, self.mode),
+            raw_pixel_m=rig.optics.pixel_size_m * rig.optics.binning,
+            adc_bits=rig.sensor.bit_depth,
+            attrs=attrs,
+            patterns=a.patterns_table(),
+        )
+        self.acq = Acquisition(
+            self.camera,
+            opt,
+            slm=self.slm,
+            pattern=a.pattern.grey if a.pattern is not None else None,
+            pattern_id=a.pattern.pattern_id if a.pattern is not None else "",
+            trigger=self.trigger,
+            recon=self.reconstructor,
+        )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.acq.start()
+        if self.acq.worker is not None and self.on_phase is not None:
+            self.acq.worker.on_phase = self.on_phase
+        return self.acq
+
+    def finish(self, on_tick: Any = None) -> dict[str, Any]:
+        """Shut the pipeline down, score (simulated rig), write run.json; returns the summary."""
+        assert self.acq is not None
+        summary = self.acq.shutdown(on_tick=on_tick)
+        summary = {
+            "rig_id": self.rig.rig_id,
+            "config": str(self.config_path) if self.config_path else None,
+            "store": str(self.store),
+            "run_json": str(self.out_dir / "run.json"),
+            **summary,
+            "assets": self.assets.attrs() if self.assets else {},
+            "notes": self.assets.notes if self.assets else [],
+        }
+        summary["score"] = None
+        if self.score and self.reconstructor is not None and self.acq.writer is not None:
+            summary["score"] = self._score()
+        if self.acq.writer is not None:
+            with contextlib.suppress(Exception):
+                self.acq.writer.set_attrs(summary=summary)
+        write_run_json(self.out_dir / "run.json", summary)
+        self.summary = summary
+        return summary
+
+    def _score(self) -> dict[str, Any] | None:
+        try:
+            from dmicro_hw.simulators.bench import bench_of
+
+            bench = bench_of(self.camera)
+        except (ImportError, TypeError):
+            return None  # not a simulated camera: no ground truth
+        from dmicro_hw.acquisition.scoring import score_store
+
+        try:
+            return score_store(self.store, bench, self.reconstructor.phase_max_rad)
+        except Exception as e:  # noqa: BLE001 - a scoring failure must not lose the run
+            log.warning("scoring failed: %s", e)
+            return {"error": f"{type(e).__name__}: {e}"}
+
+
+def scalar_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """Flat view of the headline figures (table rows)."""
+    rec = summary.get("recon") or {}
+    sc = summary.get("score") or {}
+    return {
+        "frames received": summary.get("frames_received"),
+        "frames written": summary.get("frames_written"),
+        "camera dropped": summary.get("camera_dropped"),
+        "ring dropped": summary.get("ring_dropped"),
+        "mean fps": summary.get("mean_fps"),
+        "decoded": rec.get("decoded"),
+        "decode skipped": rec.get("skipped"),
+        "decode latency p50/p99 ms": (rec.get("latency_ms_p50"), rec.get("latency_ms_p99")),
+        "PSNR dB": sc.get("psnr_db_mean"),
+        "SSIM": sc.get("ssim_mean"),
+        "RMSE rad": sc.get("rmse_rad_mean"),
+    }

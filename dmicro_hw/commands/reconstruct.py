@@ -1,0 +1,107 @@
+"""``dmicro reconstruct RUN`` (offline decoding of a stored run, the live worker's decoder) and
+``dmicro view RUN`` (PNG montages of raw and phase frames, a short MP4 when OpenCV can encode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    @app.command("reconstruct")
+    def reconstruct(
+        run: Path = typer.Argument(..., help="run folder or its run.zarr"),
+        checkpoint: Path | None = typer.Option(
+            None, "--checkpoint", help="decoder checkpoint (default: the one the run recorded)"
+        ),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        batch: int = typer.Option(32, "--batch", min=1, max=4096, help="frames per batch"),
+        force: bool = typer.Option(False, "--force", help="decode every frame again"),
+        dask: bool = typer.Option(
+            False, "--dask", help="decode Zarr chunks with Dask (if installed; with --force)"
+        ),
+        score: bool = typer.Option(
+            True, "--score/--no-score", help="score against the simulated bench's true phase"
+        ),
+    ) -> None:
+        """Decode the frames of a stored run that have no phase yet (skipped, --no-recon)."""
+        import json
+
+        from rich.console import Console
+        from rich.progress import Progress
+        from rich.table import Table
+
+        from dmicro_hw.acquisition.offline import reconstruct_store
+        from dmicro_hw.errors import ConfigError
+
+        if device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+        console = Console()
+        with Progress(console=console) as progress:
+            task = progress.add_task("decoding", total=None)
+
+            def tick(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            res = reconstruct_store(
+                run,
+                checkpoint=checkpoint,
+                device=device,
+                batch=batch,
+                force=force,
+                use_dask=dask,
+                progress=tick,
+            )
+        if score:
+            res["score"] = _score_if_simulated(Path(res["store"]), res["decoder"])
+        t = Table(title=f"reconstruct {res['store']}")
+        t.add_column("figure")
+        t.add_column("value", justify="right")
+        for k in ("frames", "decoded", "already_ok", "chunks", "seconds", "fps", "dask"):
+            t.add_row(k, str(res[k]))
+        t.add_row("decoder", f"{res['decoder']['device']} autocast={res['decoder']['autocast']}")
+        sc = res.get("score") or {}
+        for k in ("psnr_db_mean", "ssim_mean", "rmse_rad_mean"):
+            if sc.get(k) is not None:
+                t.add_row(k, f"{sc[k]:.4g}")
+        console.print(t)
+        out = Path(res["store"]).parent / "reconstruct.json"
+        out.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+        console.print(f"summary: {out}")
+
+    @app.command("view")
+    def view(
+        run: Path = typer.Argument(..., help="run folder or its run.zarr"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="folder (default RUN/view)"),
+        frames: int = typer.Option(16, "--frames", "-n", min=1, max=400, help="montage size"),
+        mp4: bool = typer.Option(True, "--mp4/--no-mp4", help="also write run.mp4 if possible"),
+        fps: float = typer.Option(15.0, "--fps", min=1.0, max=240.0),
+    ) -> None:
+        """Write raw.png and phase.png montages (and run.mp4: raw | phase) of a stored run."""
+        from rich.console import Console
+
+        from dmicro_hw.acquisition.offline import make_views
+
+        res = make_views(run, out, n_frames=frames, mp4=mp4, fps=fps)
+        console = Console()
+        console.print(f"{res['frames']} frames ({res['phase_frames']} with phase) → {res['out']}")
+        for k, v in res["files"].items():
+            console.print(f"  {k}: {v if v else 'not written (no MP4 encoder)'}")
+
+
+def _score_if_simulated(store: Path, decoder: dict) -> dict | None:
+    """Re-create the simulated bench from the recorded rig and score; None for a real rig."""
+    from dmicro_hw.acquisition.scoring import score_store
+    from dmicro_hw.acquisition.writer import RunReader
+    from dmicro_hw.config import RigConfig, validate
+
+    attrs = RunReader(store).attrs
+    rig_d = attrs.get("rig")
+    if not rig_d or rig_d.get("camera", {}).get("backend") != "sim":
+        return None
+    from dmicro_hw.simulators.bench import VirtualBench
+
+    rig = validate(RigConfig, rig_d, f"{store} (recorded rig)")
+    bench = VirtualBench.from_rig(rig)
+    return score_store(store, bench, float(decoder["phase_max_rad"]))

@@ -1,0 +1,285 @@
+"""The real ``dmicro-acquire`` CLI in a subprocess on a small simulated rig: frames, phase and
+per-frame records written and consistent; SIGINT ends cleanly (exit 0); SIGKILL leaves a store
+whose committed frames are all readable and that ``dmicro reconstruct`` completes; triggered mode
+over the pty trigger; asset checks refuse a pattern from another checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmicro_hw.acquisition.writer import RECON_OK, RunReader
+
+RIG_YAML = """\
+rig_id: test-rig
+optics: {{field_size: 64, compression: 16, focal_length_m: 0.0246, magnification: 40}}
+sensor: {{photons_per_pixel: 10000, exposure_s: 0.0005, gain_adu_per_e: 0.1, offset_adu: 64,
+         bit_depth: 12, full_well_e: 40000}}
+slm: {{backend: sim, pixels: [192, 192], bit_depth: 8, settle_time_s: 0.01}}
+camera:
+  backend: sim
+  pixel_format: Mono12
+  fetch_timeout_s: 2.0
+  options: {{paced: true, prefill: true, buffer_frames: 256}}
+trigger: {{backend: {trigger}, rate_hz: 200}}
+bench: {{sample: cells, flow_px_per_frame: 2.0, frame_rate_hz: {rate}}}
+checkpoint: {checkpoint}
+pattern: {pattern}
+acquisition: {{mode: {mode}, chunk_frames: 8, ring_frames: 64, recon_batch: 4, out: {out}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """An (untrained, tiny) checkpoint for the test rig and its exported pattern."""
+    import torch
+
+    from dmicro_hw.config import DecoderConfig, TrainConfig, load_rig_config
+    from dmicro_hw.export import export_checkpoint
+    from dmicro_hw.training.checkpoint import save_checkpoint
+    from dmicro_hw.training.model import DMicroModel
+
+    d = tmp_path_factory.mktemp("assets")
+    rig_path = write_rig(d, checkpoint="null", pattern="null")
+    rig = load_rig_config(rig_path)
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        optics=rig.optics, sensor=rig.sensor, decoder=DecoderConfig(base_channels=8, depth=2)
+    )
+    ck = save_checkpoint(d / "model.pt", DMicroModel.from_config(cfg), cfg)
+    export_checkpoint(ck, rig, out_dir=d / "pattern")
+    # a second checkpoint: a pattern exported from it must be refused with the first one
+    ck2 = save_checkpoint(d / "other.pt", DMicroModel.from_config(cfg), cfg)
+    export_checkpoint(ck2, rig, out_dir=d / "pattern-other")
+    return d
+
+
+def write_rig(
+    d: Path,
+    *,
+    checkpoint: str,
+    pattern: str,
+    trigger: str = "none",
+    mode: str = "free-run",
+    rate: float = 500.0,
+    name: str = "rig.yaml",
+) -> Path:
+    p = d / name
+    p.write_text(
+        RIG_YAML.format(
+            checkpoint=checkpoint,
+            pattern=pattern,
+            trigger=trigger,
+            mode=mode,
+            rate=rate,
+            out=str(d / "runs"),
+        ),
+        encoding="utf-8",
+    )
+    return p
+
+
+def rig_for(assets: Path, tmp: Path, **kw) -> Path:
+    return write_rig(
+        tmp, checkpoint=str(assets / "model.pt"), pattern=str(assets / "pattern"), **kw
+    )
+
+
+def acquire_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from dmicro_hw.cli import acquire_main; acquire_main()", *args]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="120")
+    return e
+
+
+def wait_committed(store: Path, n: int, proc: subprocess.Popen, timeout: float = 60.0) -> int:
+    """Poll the run's commit counter (as any reader would) until it reaches ``n``."""
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        assert proc.poll() is None, proc.communicate()[0]
+        if (store / "committed" / "zarr.json").is_file():
+            try:
+                c = RunReader(store).committed
+            except Exception:  # noqa: BLE001 - store being created
+                c = 0
+            if c >= n:
+                return c
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} committed frames within {timeout} s")
+
+
+def check_records(r: RunReader, n: int) -> dict[str, np.ndarray]:
+    rec = r.records()
+    assert all(len(v) == n for v in rec.values())
+    fid = rec["frame_id"]
+    assert (fid >= 0).all() and (np.diff(fid) > 0).all()
+    assert (np.diff(rec["device_time"]) > 0).all()
+    assert np.isfinite(rec["host_time"]).all() and (rec["host_time"] > 1e9).all()
+    assert np.allclose(rec["exposure_s"], 0.0005)
+    assert (rec["pattern_index"] == 0).all()  # every frame saw the exported pattern
+    assert (rec["dropped_before"] == np.diff(fid, prepend=fid[0] - 1) - 1).all()
+    return rec
+
+
+def test_cli_free_run_writes_raw_phase_records_and_scores(assets, tmp_path):
+    rig = rig_for(assets, tmp_path)
+    out = tmp_path / "run1"
+    p = subprocess.run(
+        acquire_cmd("--config", str(rig), "--frames", "48", "--out", str(out)),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "frames written" in p.stdout and "PSNR dB" in p.stdout
+    r = RunReader(out / "run.zarr")
+    assert r.committed == 48 and r.raw.shape == (48, 16, 16)
+    assert r.frame_shape == (16, 16) and r.raw.dtype == np.uint16
+    raw = r.raw_frames()
+    assert raw.min() > 0  # offset 64 ADU: no fill-value frame
+    check_records(r, 48)
+    assert r.phase_committed == 48
+    assert (r.recon_status() == RECON_OK).all()
+    ph = r.phase()
+    assert ph.shape == (48, 64, 64) and np.isfinite(ph).all()
+    assert 0 <= ph.min() and ph.max() <= np.pi + 1e-5
+    run = json.loads((out / "run.json").read_text())
+    assert run["frames_written"] == run["frames_received"] == 48
+    assert run["errors"] == [] and run["stop_reason"] == "frames"
+    assert run["recon"]["decoded"] == 48 and run["recon"]["skipped"] == 0
+    assert run["score"]["frames_scored"] == 48
+    assert np.isfinite(run["score"]["psnr_db_mean"]) and 0 < run["score"]["ssim_mean"] <= 1
+    attrs = r.attrs
+    side = json.loads((assets / "pattern" / "pattern.json").read_text())
+    assert attrs["pattern_sha256"] == side["sha256"]["pattern"]
+    assert attrs["patterns"][0]["id"] == side["sha256"]["pattern"][:16]
+    assert attrs["complete"] and attrs["pixel_format"] == "Mono12"
+    assert "psnr_db" in r.group and np.isfinite(r.group["psnr_db"][:]).all()
+
+
+def test_cli_sigint_stops_cleanly_with_exit_0(assets, tmp_path):
+    rig = rig_for(assets, tmp_path)
+    out = tmp_path / "run2"
+    proc = subprocess.Popen(
+        acquire_cmd("--config", str(rig), "--duration", "60", "--out", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+    )
+    try:
+        wait_committed(out / "run.zarr", 24, proc)
+        proc.send_signal(signal.SIGINT)
+        log, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log
+    run = json.loads((out / "run.json").read_text())
+    assert run["stop_reason"] == "interrupted (SIGINT)" and run["errors"] == []
+    r = RunReader(out / "run.zarr")
+    assert r.attrs["complete"]
+    assert r.committed == run["frames_written"] == run["frames_received"] >= 24
+    assert r.raw.shape[0] == r.committed  # trimmed at finalize
+    check_records(r, r.committed)
+    # every frame has a final reconstruction status (decoded, or skipped under backpressure)
+    assert r.phase_committed == r.committed
+    assert run["recon"]["decoded"] + run["recon"]["skipped"] == r.committed
+
+
+def test_cli_sigkill_leaves_readable_store_that_reconstruct_completes(assets, tmp_path):
+    from dmicro_hw.cli import _run, app
+
+    rig = rig_for(assets, tmp_path)
+    out = tmp_path / "run3"
+    proc = subprocess.Popen(
+        acquire_cmd("--config", str(rig), "--duration", "60", "--out", str(out)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
+    try:
+        wait_committed(out / "run.zarr", 40, proc)
+        proc.kill()  # SIGKILL: no handler, no flush
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "run.json").exists()
+    r = RunReader(out / "run.zarr")
+    n = r.committed
+    assert n >= 40 and not r.attrs["complete"]
+    raw = r.raw_frames()  # every committed frame reads back, none is a fill-value frame
+    assert raw.shape == (n, 16, 16) and (raw.reshape(n, -1).min(axis=1) > 0).all()
+    check_records(r, n)
+    k = r.phase_committed
+    assert k <= n
+    st = r.recon_status()
+    assert np.isfinite(r.phase(0, k)[st == RECON_OK]).all()
+
+    # offline decoding completes the interrupted run (same decoder as live)
+    assert _run(app, ["reconstruct", str(out), "--no-score"]) == 0
+    r = RunReader(out / "run.zarr")
+    assert r.phase_committed == n and (r.recon_status() == RECON_OK).all()
+    assert np.isfinite(r.phase()).all()
+    assert _run(app, ["view", str(out), "--frames", "4"]) == 0
+    assert (out / "view" / "raw.png").stat().st_size > 0
+    assert (out / "view" / "phase.png").stat().st_size > 0
+
+
+def test_cli_triggered_over_the_pty_trigger(assets, tmp_path):
+    rig = rig_for(assets, tmp_path, trigger="sim", mode="triggered")
+    out = tmp_path / "run4"
+    p = subprocess.run(
+        acquire_cmd("--config", str(rig), "--frames", "40", "--out", str(out), "--no-recon"),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["mode"] == "triggered" and run["frames_written"] == 40 and run["recon"] is None
+    r = RunReader(out / "run.zarr")
+    rec = check_records(r, 40)
+    assert rec["frame_id"].tolist() == list(range(40))  # one frame per pulse, none lost
+    assert not r.has_phase
+    # pulses at 200 Hz: exposures 5 ms apart on the device clock
+    dt = np.diff(rec["device_time"]) / r.attrs["timestamp_frequency_hz"]
+    assert 0.002 < np.median(dt) < 0.02
+
+
+def test_pattern_from_another_checkpoint_is_refused_in_one_line(assets, tmp_path, capsys):
+    from dmicro_hw.cli import _run, app
+
+    rig = write_rig(
+        tmp_path, checkpoint=str(assets / "model.pt"), pattern=str(assets / "pattern-other")
+    )
+    code = _run(
+        app, ["acquire", "--config", str(rig), "--frames", "4", "--out", str(tmp_path / "x")]
+    )
+    err = capsys.readouterr().err
+    assert code == 4
+    assert "another checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "run.zarr").exists()
+
+
+def test_no_checkpoint_needs_no_recon(assets, tmp_path, capsys):
+    from dmicro_hw.cli import _run, app
+
+    rig = write_rig(tmp_path, checkpoint="null", pattern="null")
+    code = _run(app, ["acquire", "--config", str(rig), "--frames", "4"])
+    assert code == 2 and "--no-recon" in capsys.readouterr().err
