@@ -1,0 +1,275 @@
+"""SLM phase response (grey level → radians) measured through the optics.
+
+Method — Fourier phase stepping of the unscattered light (the principle of Fourier phase
+microscopy): a small disc (radius ≈ 1.5 filter samples) centred on the DC position found by the
+registration is displayed at grey g on a grey-0 background, so the light the target does not
+scatter is phase-shifted by φ(g) − φ(0) relative to the scattered light. The frame of the known
+target, |a·e^{iφ(g)} + s(x)|² blurred by the optics, changes with φ(g) at first order (phase
+contrast) — the contrast flips sign between φ ≈ π/2 and 3π/2 — so each grey level's phase is read
+off its frame by a one-dimensional fit through the differentiable model (grid over [0, 2π),
+then Newton steps), with everything else fixed at the registration values. Its 1-σ error comes
+from the curvature of χ² in φ (inflated by χ²/dof when larger than 1).
+
+The curve: the per-level phases are unwrapped in grey order and fitted by the parametric response
+φ(g) = s·range·(g/levels)^γ (weighted least squares, covariance of γ and s); when that curve does
+not explain the points (χ²/dof > ``PARAMETRIC_CHI2_MAX``), a monotone curve is used instead:
+isotonic regression of the points (pool-adjacent-violators) interpolated by a shape-preserving
+PCHIP. The table has one phase per grey level (relative to grey 0: a global phase does not change
+images) and a 1-σ band per level. The export inverts it (``lut.npy`` in the bundle).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from dmicro_hw.calibration import patterns as P
+from dmicro_hw.calibration.model_fit import ForwardModel, Observation
+from dmicro_hw.calibration.registration import Probe
+
+from dmicro_hw.optics.slm import PhaseResponse
+from dmicro_hw.optics.system import PhysicalSystem
+
+log = logging.getLogger(__name__)
+
+PARAMETRIC_CHI2_MAX = 4.0
+TWO_PI = 2 * math.pi
+
+
+def lut_probes(
+    shape: tuple[int, int],
+    dc: tuple[float, float],
+    radius_px: float,
+    bit_depth: int,
+    n_levels: int = 16,
+) -> list[Probe]:
+    """DC-disc probes at ``n_levels`` grey levels spread over the range (0 excluded)."""
+    top = 2**bit_depth - 1
+    levels = np.unique(np.round(np.linspace(0, top, n_levels + 1)[1:]).astype(int))
+    return [
+        Probe(f"lut_g{g:05d}", "lut", P.disc(shape, dc, radius_px, int(g)), {"grey": int(g)})
+        for g in levels
+    ]
+
+
+@dataclass
+class LevelPhase:
+    grey: int
+    phase_rad: float
+    sigma_rad: float
+    chi2_dof: float
+
+
+def _table_response(system: PhysicalSystem, grey: int, phase: float) -> None:
+    """Make ``system``'s SLM respond φ(grey) = phase, φ(0) = 0 (table, exact at integers)."""
+    levels = 2**system.slm_cfg.bit_depth
+    table = torch.zeros(levels)
+    table[grey] = float(phase)
+    r = system.slm.response
+    if r.table is None or r.table.shape != table.shape:
+        r.table = table
+    else:
+        r.table.copy_(table)
+
+
+def measure_level_phases(
+    system: PhysicalSystem,
+    targets: dict[str, np.ndarray],
+    obs: Sequence[Observation],
+    grid: int = 16,
+    newton_steps: int = 5,
+) -> list[LevelPhase]:
+    """Per-grey-level phase from the DC-disc frames (see the module docstring).
+
+    ``system`` is used with its current geometry, pupil, tilt and camera parameters; its phase
+    response is temporarily replaced by a table.
+    """
+    saved = system.slm.response
+    out: list[LevelPhase] = []
+    try:
+        system.slm.response = PhaseResponse(
+            system.slm_cfg.bit_depth,
+            system.slm_cfg.phase_range_rad,
+            table=torch.zeros(1 << system.slm_cfg.bit_depth),
+        )
+        for o in obs:
+            g = int(o.meta["grey"])
+            fm = ForwardModel(system, targets, [o])
+            y = o.mean.ravel()
+            w = o.weight.ravel()
+
+            def chi2(phi: float) -> float:
+                _table_response(system, g, phi)
+                fm.invalidate("slm", "filter", "intensity")
+                f = fm.frames().numpy().ravel()
+                return float(np.sum(((f - y) * w) ** 2))
+
+            phis = np.linspace(0, TWO_PI, grid, endpoint=False)
+            vals = np.array([chi2(p) for p in phis])
+            k = int(np.argmin(vals))
+            phi = float(phis[k])
+            h = TWO_PI / grid
+            # parabola through the neighbours, then Newton steps with a shrinking difference
+            for _ in range(newton_steps):
+                c0, cp, cm = chi2(phi), chi2(phi + h), chi2(phi - h)
+                curv = (cp - 2 * c0 + cm) / h**2
+                if curv <= 0:
+                    phi = phi + (h if cp < cm else -h)
+                    continue
+                stepv = -0.5 * (cp - cm) / h / curv
+                phi += float(np.clip(stepv, -h, h))
+                h = max(h / 3, 1e-3)
+            c0, cp, cm = chi2(phi), chi2(phi + 0.01), chi2(phi - 0.01)
+            curv = max((cp - 2 * c0 + cm) / 0.01**2, 1e-12)
+            dof = max(int(np.count_nonzero(w)) - 1, 1)
+            chi2_dof = c0 / dof
+            sigma = math.sqrt(2.0 / curv * max(1.0, chi2_dof))
+            out.append(LevelPhase(g, float(np.mod(phi, TWO_PI)), sigma, chi2_dof))
+    finally:
+        system.slm.response = saved
+    return out
+
+
+def unwrap_monotone(greys: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """Unwrap phases in grey order assuming a non-decreasing response starting at φ(0) = 0."""
+    out = np.empty_like(phases, dtype=np.float64)
+    prev = 0.0
+    for i, p in enumerate(phases):
+        k = math.floor((prev - p) / TWO_PI)
+        cand = p + TWO_PI * np.array([k, k + 1, k + 2])
+        cand = cand[cand >= prev - 0.5]  # allow small measured decreases
+        v = float(cand[np.argmin(np.abs(cand - prev))]) if cand.size else p + TWO_PI * (k + 1)
+        out[i] = v
+        prev = v
+    return out
+
+
+def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted isotonic (non-decreasing) regression by pool-adjacent-violators."""
+    blocks: list[list[float]] = []  # [value, weight, count]
+    for yi, wi in zip(y, w):
+        blocks.append([float(yi), float(wi), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([[b[0]] * b[2] for b in blocks])
+
+
+@dataclass
+class LUTFit:
+    """The fitted phase response.
+
+    ``table``/``table_sigma``: phase and 1-σ per grey level (levels,); ``method``: 'parametric'
+    or 'monotone_pchip'; ``gamma``/``scale`` and their covariance (parametric fit, always
+    computed); ``points``: the measured levels (grey, phase, σ) after unwrapping.
+    """
+
+    table: np.ndarray
+    table_sigma: np.ndarray
+    method: str
+    gamma: float
+    scale: float
+    cov: np.ndarray
+    chi2_dof: float
+    points: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "gamma": self.gamma,
+            "scale": self.scale,
+            "gamma_sigma": float(math.sqrt(max(self.cov[0, 0], 0))),
+            "scale_sigma": float(math.sqrt(max(self.cov[1, 1], 0))),
+            "gamma_scale_corr": float(
+                self.cov[0, 1] / max(math.sqrt(self.cov[0, 0] * self.cov[1, 1]), 1e-300)
+            ),
+            "chi2_dof": self.chi2_dof,
+            "table_sigma_rms_rad": float(np.sqrt(np.mean(self.table_sigma**2))),
+            "points": self.points,
+        }
+
+
+def parametric_table(
+    gamma: float, scale: float, bit_depth: int, phase_range_rad: float
+) -> np.ndarray:
+    levels = 2**bit_depth
+    g = np.arange(levels, dtype=np.float64)
+    return scale * phase_range_rad * np.power(np.maximum(g / levels, 1e-9), gamma)
+
+
+def parametric_sigma(
+    gamma: float, scale: float, cov: np.ndarray, bit_depth: int, phase_range_rad: float
+) -> np.ndarray:
+    """1-σ of the parametric table per grey level (delta method)."""
+    levels = 2**bit_depth
+    x = np.maximum(np.arange(levels, dtype=np.float64) / levels, 1e-9)
+    base = phase_range_rad * np.power(x, gamma)
+    d_gamma = scale * base * np.log(x)
+    d_scale = base
+    jac = np.stack([d_gamma, d_scale], 1)
+    var = np.einsum("li,ij,lj->l", jac, cov, jac)
+    var[0] = 0.0
+    return np.sqrt(np.maximum(var, 0.0))
+
+
+def fit_lut(
+    levels: Sequence[LevelPhase],
+    bit_depth: int,
+    phase_range_rad: float = TWO_PI,
+    chi2_max: float = PARAMETRIC_CHI2_MAX,
+) -> LUTFit:
+    """Fit the monotone phase-response curve to per-level phases (see the module docstring)."""
+    from scipy.interpolate import PchipInterpolator
+    from scipy.optimize import least_squares
+
+    lv = sorted(levels, key=lambda x: x.grey)
+    g = np.array([x.grey for x in lv], dtype=np.float64)
+    phi = unwrap_monotone(g, np.array([x.phase_rad for x in lv]))
+    sig = np.array([max(x.sigma_rad, 1e-4) for x in lv])
+    n_levels = 2**bit_depth
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        gm, sc = p
+        return (sc * phase_range_rad * np.power(g / n_levels, gm) - phi) / sig
+
+    sol = least_squares(resid, x0=np.array([1.0, 1.0]), bounds=([0.2, 0.2], [5.0, 3.0]))
+    jac = sol.jac
+    dof = max(len(g) - 2, 1)
+    chi2_dof = float(np.sum(sol.fun**2) / dof)
+    try:
+        cov = np.linalg.inv(jac.T @ jac) * max(1.0, chi2_dof)
+    except np.linalg.LinAlgError:
+        cov = np.full((2, 2), np.nan)
+    gamma, scale = float(sol.x[0]), float(sol.x[1])
+    points = [
+        {"grey": int(a), "phase_rad": float(b), "sigma_rad": float(c)}
+        for a, b, c in zip(g, phi, sig)
+    ]
+    if chi2_dof <= chi2_max:
+        table = parametric_table(gamma, scale, bit_depth, phase_range_rad)
+        tsig = parametric_sigma(gamma, scale, cov, bit_depth, phase_range_rad)
+        method = "parametric"
+    else:
+        mono = isotonic(phi, 1 / sig**2)
+        xs = np.concatenate([[0.0], g])
+        ys = np.concatenate([[0.0], mono])
+        xs, idx = np.unique(xs, return_index=True)
+        ys = np.maximum.accumulate(ys[idx])
+        table = PchipInterpolator(xs, ys, extrapolate=True)(np.arange(n_levels, dtype=np.float64))
+        table = np.maximum.accumulate(table)
+        tsig = np.interp(np.arange(n_levels), xs, np.concatenate([[0.0], sig])[idx])
+        method = "monotone_pchip"
+        log.info("LUT: power law rejected (χ²/dof %.1f); monotone PCHIP used", chi2_dof)
+    return LUTFit(table, tsig, method, gamma, scale, cov, chi2_dof, points)
+
+
+def lut_error_rms(table: np.ndarray, truth: np.ndarray) -> float:
+    """RMS phase error (rad) of a LUT against a reference, both relative to grey 0."""
+    a = np.asarray(table, dtype=np.float64) - float(table[0])
+    b = np.asarray(truth, dtype=np.float64) - float(truth[0])
+    return float(np.sqrt(np.mean((a - b) ** 2)))

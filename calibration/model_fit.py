@@ -1,0 +1,572 @@
+"""Camera-in-the-loop fit of the differentiable bench model to captured frames.
+
+The bench is described by :class:`~dmicro_hw.optics.system.PhysicalSystem`; its mismatch
+parameters (LUT γ/scale, SLM offset/rotation/scale, Zernike terms, illumination tilt, camera
+shift/rotation/scale, gain/offset) are fitted so that the simulated frames of a *known* phase target
+under a set of displayed SLM patterns match the captured ones.
+
+Method: weighted non-linear least squares, solved by Levenberg–Marquardt.
+
+* residual r_p = (model_p(θ) − mean_p) / σ_p for every camera pixel p of every observation,
+  where mean_p is the average of the captured frames and σ_p² the variance of that mean (from the
+  photon-transfer noise model, :func:`noise_model`);
+* Jacobian by central finite differences in scaled parameter units (the optics contain
+  ``grid_sample``, which has no forward-mode AD); filters are cached per parameter group so a
+  camera parameter costs only a resampling, not a new 4f simulation;
+* uncertainties: the Gauss–Newton covariance C = (JᵀJ)⁻¹ · max(1, χ²/dof) — the curvature of the
+  loss at the optimum, inflated when the model does not explain the data down to the noise;
+* per-observation residuals (RMS in noise units, χ²/pixel) tell which pattern is badly explained.
+
+Everything works on plain arrays (frames in ADU), so the same code runs on a simulated and a real
+bench; :mod:`dmicro_hw.calibration.sequence` acquires the observations through the devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dmicro_hw.optics.slm import sample_image
+from dmicro_hw.optics.system import Mismatch, PhysicalSystem
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One scalar fit parameter: where it lives in :class:`PhysicalSystem` and its scale.
+
+    ``attr`` is the dotted attribute path of the tensor, ``index`` the element (None: scalar),
+    ``step`` the typical size of a meaningful change (finite-difference step, LM scaling),
+    ``group``: what a change invalidates — ``geometry`` (SLM placement: new sample positions),
+    ``lut`` (SLM phase response), ``pupil`` (Zernike terms), ``field`` (illumination tilt) or
+    ``camera`` (only the camera resampling / gain); ``unit`` for reports.
+    """
+
+    name: str
+    attr: str
+    index: int | None
+    step: float
+    group: str
+    unit: str
+
+
+def _specs(zernike_terms: Sequence[int]) -> dict[str, ParamSpec]:
+    s = [
+        ParamSpec("lut_gamma", "slm.response.gamma", None, 2e-3, "lut", ""),
+        ParamSpec("lut_scale", "slm.response.scale_factor", None, 1e-3, "lut", ""),
+        ParamSpec("slm_offset_y", "slm.geometry.offset_px", 0, 0.05, "geometry", "SLM px"),
+        ParamSpec("slm_offset_x", "slm.geometry.offset_px", 1, 0.05, "geometry", "SLM px"),
+        ParamSpec("slm_rotation", "slm.geometry.rotation_rad", None, 5e-4, "geometry", "rad"),
+        ParamSpec("slm_scale", "slm.geometry.scale", None, 5e-4, "geometry", ""),
+    ]
+    for i, j in enumerate(zernike_terms):
+        s.append(ParamSpec(f"z{j}", "zernike", i, 5e-3, "pupil", "rad RMS"))
+    s += [
+        ParamSpec("tilt_y", "tilt_cycles", 0, 0.01, "field", "cycles"),
+        ParamSpec("tilt_x", "tilt_cycles", 1, 0.01, "field", "cycles"),
+        ParamSpec("cam_shift_y", "camera_shift_px", 0, 0.02, "camera", "px"),
+        ParamSpec("cam_shift_x", "camera_shift_px", 1, 0.02, "camera", "px"),
+        ParamSpec("cam_rotation", "camera_rotation_rad", None, 5e-4, "camera", "rad"),
+        ParamSpec("cam_scale", "camera_scale", None, 5e-4, "camera", ""),
+        ParamSpec("cam_gain", "camera_gain", None, 1e-3, "camera", ""),
+        ParamSpec("cam_offset", "camera_offset_adu", None, 0.05, "camera", "ADU"),
+    ]
+    return {p.name: p for p in s}
+
+
+def param_specs(system: PhysicalSystem) -> dict[str, ParamSpec]:
+    """All fit parameters of ``system`` by name (order: SLM, pupil, field, camera)."""
+    return _specs(system.zernike_terms)
+
+
+def _tensor(system: PhysicalSystem, attr: str) -> torch.Tensor:
+    obj = system
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def get_param(system: PhysicalSystem, spec: ParamSpec) -> float:
+    t = _tensor(system, spec.attr)
+    return float(t.detach().reshape(-1)[spec.index or 0])
+
+
+def set_param(system: PhysicalSystem, spec: ParamSpec, value: float) -> None:
+    t = _tensor(system, spec.attr)
+    with torch.no_grad():
+        if spec.index is None:
+            t.fill_(float(value))
+        else:
+            t[spec.index] = float(value)
+
+
+def get_params(system: PhysicalSystem, names: Iterable[str]) -> dict[str, float]:
+    specs = param_specs(system)
+    return {n: get_param(system, specs[n]) for n in names}
+
+
+def set_params(system: PhysicalSystem, values: dict[str, float]) -> None:
+    specs = param_specs(system)
+    for n, v in values.items():
+        set_param(system, specs[n], v)
+
+
+# --------------------------------------------------------------------------------------------
+# Observations
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Observation:
+    """Averaged camera frames of one known target under one displayed SLM pattern.
+
+    ``grey``: displayed grey levels (R, C) on the model's SLM grid; ``target``: key of the
+    sample phase in the ``targets`` mapping of the fit; ``mean``: mean frame (h, w) in ADU;
+    ``var``: variance of a *single* frame per pixel (ADU²) — the fit uses var / n_frames;
+    ``kind``: probe family (flat, ramp, edge, disc, lut, lens, mask, …) for reports;
+    ``valid``: optional 0/1 mask (h, w), 0 on saturated pixels (left out of every fit).
+    """
+
+    pattern_id: str
+    kind: str
+    grey: np.ndarray
+    target: str
+    mean: np.ndarray
+    var: np.ndarray
+    n_frames: int
+    meta: dict = field(default_factory=dict)
+    valid: np.ndarray | None = None
+
+    @property
+    def sigma_mean(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.var, 1e-6) / max(self.n_frames, 1))
+
+    @property
+    def weight(self) -> np.ndarray:
+        """1/σ of the mean per pixel, 0 on invalid (saturated) pixels."""
+        w = 1.0 / self.sigma_mean
+        return w if self.valid is None else w * self.valid
+
+
+@dataclass
+class NoiseModel:
+    """Photon-transfer line: var(ADU) = slope · (mean − dark) + floor (per single frame)."""
+
+    slope: float
+    floor: float
+    dark: float
+
+    def variance(self, mean: np.ndarray) -> np.ndarray:
+        return np.maximum(self.slope * np.maximum(mean - self.dark, 0.0) + self.floor, 0.05)
+
+    def to_dict(self) -> dict:
+        return {"slope_adu": self.slope, "floor_adu2": self.floor, "dark_adu": self.dark}
+
+
+def noise_model(
+    means: Sequence[np.ndarray],
+    variances: Sequence[np.ndarray],
+    valid: Sequence[np.ndarray | None] | None = None,
+    adc_max: float | None = None,
+) -> NoiseModel:
+    """Fit the photon-transfer line to per-pixel means and variances of repeated frames.
+
+    Straight-line fit var = a·mean + b over all valid pixels below 70 % of the ADC range (the
+    full well compresses the variance near saturation), binned by mean so bright and dark pixels
+    weigh alike; ``dark`` is where the line meets the ADU-quantisation floor (1/12 ADU²).
+    """
+    m = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in means])
+    v = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in variances])
+    keep = np.ones_like(m, dtype=bool)
+    if valid is not None:
+        keep &= np.concatenate(
+            [
+                (np.ones(np.asarray(x).size) if q is None else np.asarray(q).ravel()) > 0
+                for x, q in zip(means, valid)
+            ]
+        )
+    if adc_max is not None:
+        keep &= m < 0.7 * adc_max
+    m, v = m[keep], v[keep]
+    if m.size < 8 or float(np.ptp(m)) < 1e-9:
+        return NoiseModel(slope=0.0, floor=float(np.median(v)) if v.size else 1.0, dark=0.0)
+    edges = np.unique(np.quantile(m, np.linspace(0, 1, 25)))
+    xs, ys, ws = [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (m >= lo) & (m <= hi)
+        if sel.sum() >= 4:
+            xs.append(m[sel].mean())
+            ys.append(v[sel].mean())
+            ws.append(math.sqrt(sel.sum()) / max(v[sel].mean(), 1e-3))
+    xs_a, ys_a, ws_a = np.array(xs), np.array(ys), np.array(ws)
+    if xs_a.size < 2 or float(np.ptp(xs_a)) < 0.05 * max(abs(float(xs_a.mean())), 1.0):
+        return NoiseModel(slope=float(np.mean(v) / max(np.mean(m), 1.0)), floor=0.0, dark=0.0)
+    a, b = np.polyfit(xs_a, ys_a, 1, w=ws_a)
+    a = max(float(a), 0.0)
+    dark = float((1.0 / 12 - b) / a) if a > 0 else 0.0
+    floor = float(a * dark + b)
+    return NoiseModel(slope=a, floor=max(floor, 1.0 / 12), dark=dark)
+
+
+# --------------------------------------------------------------------------------------------
+# Batched forward model with caching per parameter group
+# --------------------------------------------------------------------------------------------
+
+
+class ForwardModel:
+    """Simulates the noise-free mean frames of a list of observations, with caches.
+
+    The SLM part of each realised filter is computed on a window of the SLM around the filter
+    footprint (``max_offset_px`` of placement slack), and cached per (geometry, LUT) state; the
+    pupil/aberration part per Zernike state; sample spectra per tilt state; so a finite-difference
+    step in a camera parameter costs one resampling, in a Zernike term one FFT per pattern.
+    """
+
+    def __init__(
+        self,
+        system: PhysicalSystem,
+        targets: dict[str, np.ndarray | torch.Tensor],
+        observations: Sequence[Observation],
+        max_offset_px: float = 24.0,
+    ) -> None:
+        self.system = system
+        self.obs = list(observations)
+        self.targets = {
+            k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in targets.items()
+        }
+        missing = {o.target for o in self.obs} - set(self.targets)
+        if missing:
+            raise KeyError(f"observations refer to unknown targets {sorted(missing)}")
+        self.specs = param_specs(system)
+        geo = system.slm.geometry
+        rows, cols = geo.slm_pixels
+        n = system.optics.field_size
+        half = math.ceil(geo.ratio * 1.1 * (n / 2 + 1) * math.sqrt(2) + max_offset_px + 4)
+        r0, r1 = max(0, rows // 2 - half), min(rows, rows // 2 + half)
+        c0, c1 = max(0, cols // 2 - half), min(cols, cols // 2 + half)
+        self.origin = torch.tensor([r0, c0], dtype=torch.float64)
+        self._greys = [
+            torch.as_tensor(np.asarray(o.grey)[r0:r1, c0:c1].astype(np.float32)) for o in self.obs
+        ]
+        self._cache: dict[str, tuple] = {}
+
+    def _key(self, *groups: str) -> tuple:
+        return tuple(
+            round(get_param(self.system, s), 12) for s in self.specs.values() if s.group in groups
+        )
+
+    def invalidate(self, *names: str) -> None:
+        """Drop cached stages (e.g. ``"slm"`` after replacing the SLM's phase response)."""
+        for n in names or tuple(self._cache):
+            self._cache.pop(n, None)
+
+    def _cached(self, name: str, key: tuple, make: Callable[[], object]):
+        """Two-entry cache per stage: the base state survives a finite-difference step."""
+        slot = self._cache.setdefault(name, {})
+        if key in slot:
+            return slot[key]
+        value = make()
+        if len(slot) >= 2:
+            slot.pop(next(iter(slot)))
+        slot[key] = value
+        return value
+
+    @torch.no_grad()
+    def slm_filters(self) -> torch.Tensor:
+        """SLM part of the realised filters (P, N, N), centred (no pupil)."""
+        slm = self.system.slm
+
+        def coords() -> torch.Tensor:
+            return slm.geometry.filter_to_slm(slm._sub_ij) - self.origin
+
+        rc = self._cached("coords", self._key("geometry"), coords)
+
+        def make() -> torch.Tensor:
+            out = []
+            for g in self._greys:
+                vals = sample_image(slm.reflectance(g), rc)
+                out.append(vals.mean(dim=(-2, -1)).to(torch.complex64))
+            return torch.stack(out)
+
+        return self._cached("slm", self._key("geometry", "lut"), make)
+
+    @torch.no_grad()
+    def filters(self) -> torch.Tensor:
+        """Realised filters × pupil function, ifftshifted for the FFT (P, N, N)."""
+
+        def make() -> torch.Tensor:
+            f = self.slm_filters() * self.system.pupil_function()
+            return torch.fft.ifftshift(f, dim=(-2, -1))
+
+        return self._cached("filter", self._key("geometry", "lut", "pupil"), make)
+
+    @torch.no_grad()
+    def spectra(self) -> dict[str, torch.Tensor]:
+        def make() -> dict[str, torch.Tensor]:
+            return {
+                k: torch.fft.fft2(self.system.illuminate(v[None]))[0]
+                for k, v in self.targets.items()
+            }
+
+        return self._cached("field", self._key("field"), make)
+
+    @torch.no_grad()
+    def intensity(self) -> torch.Tensor:
+        """Image-plane intensity before the camera registration (P, N, N)."""
+
+        def make() -> torch.Tensor:
+            h = self.filters()
+            spec = self.spectra()
+            s = torch.stack([spec[o.target] for o in self.obs])
+            return torch.fft.ifft2(s * h).abs().square()
+
+        return self._cached("intensity", self._key("geometry", "lut", "pupil", "field"), make)
+
+    @torch.no_grad()
+    def frames(self) -> torch.Tensor:
+        """Noise-free mean frames in ADU (P, h, w), float64."""
+        inten = self.system.register_camera(self.intensity())
+        return self.system.frame_from_intensity(inten, noise=False).double()
+
+
+# --------------------------------------------------------------------------------------------
+# Levenberg–Marquardt
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """Outcome of a least-squares fit.
+
+    ``values``/``sigma``: fitted parameters and 1-σ uncertainties (same units as the system),
+    ``correlation``: parameter correlation matrix (names order), ``chi2_dof``: reduced χ²,
+    ``per_observation``: pattern id → {kind, rms_noise_units, rms_adu, chi2_pixel},
+    ``history``: cost per iteration, ``converged``: LM stopped on a small relative change.
+    """
+
+    names: list[str]
+    values: dict[str, float]
+    sigma: dict[str, float]
+    correlation: np.ndarray
+    chi2_dof: float
+    per_observation: dict[str, dict]
+    history: list[float]
+    converged: bool
+    n_residuals: int
+
+    def to_dict(self) -> dict:
+        return {
+            "names": self.names,
+            "values": self.values,
+            "sigma": self.sigma,
+            "correlation": np.round(self.correlation, 4).tolist(),
+            "chi2_dof": self.chi2_dof,
+            "per_observation": self.per_observation,
+            "history": self.history,
+            "converged": self.converged,
+            "n_residuals": self.n_residuals,
+        }
+
+
+class LeastSquaresProblem:
+    """Scaled residual function r(x) over the free parameters ``names`` of ``system``."""
+
+    def __init__(
+        self,
+        system: PhysicalSystem,
+        targets: dict[str, np.ndarray],
+        observations: Sequence[Observation],
+        names: Sequence[str],
+        sigma: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        self.system = system
+        self.fm = ForwardModel(system, targets, observations)
+        self.specs = [self.fm.specs[n] for n in names]
+        self.names = list(names)
+        if sigma is not None:
+            ws = [1.0 / np.asarray(s) for s in sigma]
+        else:
+            ws = [o.weight for o in observations]
+        self.w = torch.as_tensor(np.stack(ws), dtype=torch.float64)
+        self.y = torch.as_tensor(np.stack([o.mean for o in observations]), dtype=torch.float64)
+        self.x0 = np.array([get_param(system, s) / s.step for s in self.specs])
+
+    def set_x(self, x: np.ndarray) -> None:
+        for s, v in zip(self.specs, x):
+            set_param(self.system, s, float(v) * s.step)
+
+    def residuals(self, x: np.ndarray) -> torch.Tensor:
+        self.set_x(x)
+        return ((self.fm.frames() - self.y) * self.w).reshape(-1)
+
+    def jacobian(self, x: np.ndarray, central: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual at x and its Jacobian (n_res, n_par) by finite differences (h = 1 unit).
+
+        Forward differences by default (one simulation per parameter, MINPACK-style); the step
+        of one scaled unit is each parameter's ``step``, small against its plausible range.
+        """
+        r0 = self.residuals(x)
+        jac: list[torch.Tensor | None] = [None] * len(x)
+        for i in range(len(x)):
+            xp = x.copy()
+            xp[i] += 0.5 if central else 1.0
+            rp = self.residuals(xp)
+            if central:
+                xm = x.copy()
+                xm[i] -= 0.5
+                jac[i] = rp - self.residuals(xm)
+            else:
+                jac[i] = rp - r0
+        self.set_x(x)
+        return r0, torch.stack(jac, dim=1)
+
+
+def levenberg_marquardt(
+    problem: LeastSquaresProblem,
+    max_iter: int = 30,
+    tol: float = 1e-6,
+    callback: Callable[[int, float], None] | None = None,
+    bounds: dict[str, tuple[float, float]] | None = None,
+) -> tuple[np.ndarray, torch.Tensor, list[float], bool]:
+    """Minimise ½‖r(x)‖² (scaled parameters); returns x, final Jacobian, cost history, converged."""
+    x = problem.x0.copy()
+    lo = np.full(len(x), -np.inf)
+    hi = np.full(len(x), np.inf)
+    for i, s in enumerate(problem.specs):
+        if bounds and s.name in bounds:
+            lo[i], hi[i] = (b / s.step for b in bounds[s.name])
+    lam = 1e-3
+    r, jac = problem.jacobian(x)
+    cost = float(r.square().sum())
+    history = [cost]
+    converged = False
+    for it in range(max_iter):
+        jtj = jac.T @ jac
+        g = jac.T @ r
+        diag = torch.diag(jtj).clamp_min(1e-9)
+        improved = False
+        for _ in range(10):
+            a = jtj + lam * torch.diag(diag)
+            try:
+                dx = -torch.linalg.solve(a, g).numpy()
+            except RuntimeError:
+                dx = -(torch.linalg.pinv(a) @ g).numpy()
+            xn = np.clip(x + dx, lo, hi)
+            rn = problem.residuals(xn)
+            cn = float(rn.square().sum())
+            if np.isfinite(cn) and cn < cost:
+                improved = True
+                break
+            lam *= 8.0
+        if not improved:
+            converged = True
+            break
+        rel = (cost - cn) / max(cost, 1e-12)
+        x, cost = xn, cn
+        lam = max(lam / 5.0, 1e-7)
+        history.append(cost)
+        if callback:
+            callback(it, cost)
+        r, jac = problem.jacobian(x)
+        if rel < tol:
+            converged = True
+            break
+    problem.set_x(x)
+    return x, jac, history, converged
+
+
+def fit(
+    system: PhysicalSystem,
+    targets: dict[str, np.ndarray],
+    observations: Sequence[Observation],
+    names: Sequence[str],
+    max_iter: int = 30,
+    sigma: Sequence[np.ndarray] | None = None,
+    callback: Callable[[int, float], None] | None = None,
+    bounds: dict[str, tuple[float, float]] | None = None,
+) -> FitResult:
+    """Fit the parameters ``names`` of ``system`` (in place) to ``observations``.
+
+    ``targets`` maps target keys to the known sample phase (N, N) in radians. Parameters not
+    named stay fixed. Returns the values, 1-σ uncertainties and per-observation residuals.
+    """
+    problem = LeastSquaresProblem(system, targets, observations, names, sigma)
+    x, jac, history, converged = levenberg_marquardt(
+        problem, max_iter, callback=callback, bounds=bounds
+    )
+    r = problem.residuals(x)
+    n_res, n_par = r.numel(), len(names)
+    dof = max(n_res - n_par, 1)
+    chi2_dof = float(r.square().sum()) / dof
+    jtj = (jac.T @ jac).numpy()
+    try:
+        cov = np.linalg.inv(jtj)
+    except np.linalg.LinAlgError:
+        cov = np.linalg.pinv(jtj)
+    cov *= max(1.0, chi2_dof)
+    steps = np.array([s.step for s in problem.specs])
+    cov_phys = cov * np.outer(steps, steps)
+    sd = np.sqrt(np.clip(np.diag(cov_phys), 0, None))
+    corr = cov_phys / np.maximum(np.outer(sd, sd), 1e-300)
+    values = {n: get_param(system, problem.fm.specs[n]) for n in names}
+    per_obs = residual_report(problem, r)
+    return FitResult(
+        names=list(names),
+        values=values,
+        sigma={n: float(s) for n, s in zip(names, sd)},
+        correlation=corr,
+        chi2_dof=chi2_dof,
+        per_observation=per_obs,
+        history=history,
+        converged=converged,
+        n_residuals=n_res,
+    )
+
+
+def residual_report(problem: LeastSquaresProblem, r: torch.Tensor | None = None) -> dict[str, dict]:
+    """Per-observation residual summary at the current parameters."""
+    sim = problem.fm.frames()
+    out = {}
+    for i, o in enumerate(problem.fm.obs):
+        d = (sim[i] - problem.y[i]).numpy()
+        z = d * problem.w[i].numpy()
+        out[o.pattern_id] = {
+            "kind": o.kind,
+            "rms_adu": float(np.sqrt(np.mean(d**2))),
+            "rms_noise_units": float(np.sqrt(np.mean(z**2))),
+            "signal_rms_adu": float(np.std(o.mean)),
+        }
+    return out
+
+
+def residual_maps(
+    system: PhysicalSystem, targets: dict[str, np.ndarray], observations: Sequence[Observation]
+) -> np.ndarray:
+    """Captured − simulated mean frames (P, h, w) in ADU for the current parameters."""
+    fm = ForwardModel(system, targets, observations)
+    sim = fm.frames().numpy()
+    return np.stack([o.mean for o in observations]) - sim
+
+
+def system_from(
+    template: PhysicalSystem, mismatch: Mismatch | None = None, trainable: bool = False
+) -> PhysicalSystem:
+    """A new :class:`PhysicalSystem` with the configs of ``template`` and ``mismatch``."""
+    return PhysicalSystem(
+        template.optics,
+        template.sensor_cfg,
+        template.slm_cfg,
+        mismatch or Mismatch(),
+        trainable=trainable,
+        zernike_terms=template.zernike_terms,
+    )
