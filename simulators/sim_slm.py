@@ -1,7 +1,8 @@
 """Simulated phase SLM: implements the SLM protocol and displays onto a :class:`VirtualBench`.
 
 ``show(pattern)`` accepts integer grey levels (uint8/uint16, < 2^bit_depth) or float radians
-(wrapped to [0, 2π) and converted to grey levels with the configured LUT, else a linear one). The
+(wrapped to [0, 2π) and converted to grey levels with the configured LUT, else a linear one),
+through the same conversion as the real display SLMs (:mod:`dmicro_hw.drivers.slm_pixels`). The
 bench is told what is displayed and when, so frames captured during ``settle_time_s`` after a
 change see the previous pattern and then a blend (see :meth:`VirtualBench._state_at`).
 
@@ -11,61 +12,20 @@ The SLM and the camera of one rig share the same bench (:func:`~.bench.get_bench
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
+from dmicro_hw.drivers.slm_pixels import load_lut, phase_to_grey, to_grey
 from dmicro_hw.simulators.bench import VirtualBench, get_bench
 
 from dmicro_hw.config import RigConfig, SLMDeviceConfig
-from dmicro_hw.errors import ConfigError, DataError, DeviceError, FrameShapeError
+from dmicro_hw.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
 
-TWO_PI = 2 * math.pi
-
-
-def load_lut(path: Any, bit_depth: int) -> np.ndarray:
-    """A measured LUT file (.npy, float radians per grey level, 2^bit_depth entries, monotone)."""
-    try:
-        table = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"slm.lut: cannot read {path} ({e})") from None
-    levels = 2**bit_depth
-    if table.shape != (levels,) or not np.all(np.isfinite(table)):
-        raise ConfigError(
-            f"slm.lut: {path} must hold {levels} finite phases (one per grey level), "
-            f"got shape {table.shape}"
-        )
-    if np.any(np.diff(table) < 0):
-        raise ConfigError(f"slm.lut: {path} must be non-decreasing (grey → radians)")
-    return table.astype(np.float64)
-
-
-def radians_to_grey(
-    phase: np.ndarray,
-    bit_depth: int,
-    phase_range_rad: float = TWO_PI,
-    lut: np.ndarray | None = None,
-) -> np.ndarray:
-    """Wrap ``phase`` (radians) to [0, 2π) and map it to grey levels (uint8/uint16).
-
-    The grey level whose phase is nearest on the circle is chosen, from ``lut`` (phase in radians
-    per grey level, non-decreasing) or the linear response φ(g) = phase_range · g / 2^bits.
-    """
-    levels = 2**bit_depth
-    phi = np.mod(np.asarray(phase, dtype=np.float64), TWO_PI)
-    if lut is None:
-        lut = phase_range_rad * np.arange(levels, dtype=np.float64) / levels
-    idx = np.clip(np.searchsorted(lut, phi), 1, levels - 1)
-    lo, hi = lut[idx - 1], lut[idx]
-    g = np.where(phi - lo <= hi - phi, idx - 1, idx)
-    g = np.where(phi <= lut[0], 0, np.where(phi >= lut[-1], levels - 1, g))
-    # on the phase circle, φ just below 2π may be nearer to grey 0 than to the top level
-    top_gap = phi - lut[-1]
-    wrap_gap = TWO_PI + lut[0] - phi
-    g = np.where((top_gap > 0) & (wrap_gap < top_gap), 0, g)
-    return g.astype(np.uint8 if bit_depth <= 8 else np.uint16)
+# The grey-level conversion is the one of the real display SLM drivers (drivers/slm_pixels.py),
+# so the twin turns a phase map into exactly the pixels a real SLM would show.
+radians_to_grey = phase_to_grey
 
 
 class SimSLM:
@@ -102,22 +62,7 @@ class SimSLM:
     # ------------------------------------------------------------------ protocol
     def to_grey(self, pattern: np.ndarray) -> np.ndarray:
         """Validate ``pattern`` and return the grey levels this SLM would display."""
-        a = np.asarray(pattern)
-        if a.shape != self.shape:
-            raise FrameShapeError(f"SLM pattern must have shape {self.shape}, got {a.shape}")
-        if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-            levels = 2**self.bit_depth
-            if a.size and (int(a.min()) < 0 or int(a.max()) >= levels):
-                raise DataError(
-                    f"SLM grey levels must be in [0, {levels - 1}] for {self.bit_depth} bits, "
-                    f"got [{int(a.min())}, {int(a.max())}]"
-                )
-            return a.astype(np.uint8 if self.bit_depth <= 8 else np.uint16)
-        if np.issubdtype(a.dtype, np.floating):
-            if not np.all(np.isfinite(a)):
-                raise DataError("SLM phase pattern contains NaN or inf")
-            return radians_to_grey(a, self.bit_depth, self.phase_range_rad, self._lut)
-        raise DataError(f"SLM pattern dtype {a.dtype} is neither integer grey nor float radians")
+        return to_grey(pattern, self.shape, self.bit_depth, self.phase_range_rad, self._lut)
 
     def show(self, pattern: np.ndarray, pattern_id: str = "") -> None:
         """Display grey levels (uint8/uint16) or a phase map (float radians) of shape ``shape``.

@@ -28,7 +28,6 @@ from dmicro_hw.config import (
 )
 from dmicro_hw.errors import (
     ConfigError,
-    DataError,
     DeviceError,
     DeviceTimeoutError,
     FrameShapeError,
@@ -95,9 +94,9 @@ def test_slm_protocol_conversions_and_errors():
     )
     with pytest.raises(FrameShapeError, match="shape"):
         slm.show(np.zeros((10, 10), np.uint8))
-    with pytest.raises(DataError, match="0, 255"):
+    with pytest.raises(FrameShapeError, match="8 bits"):
         slm.show(np.full((SLM_PX, SLM_PX), 300, np.uint16))
-    with pytest.raises(DataError, match="NaN"):
+    with pytest.raises(FrameShapeError, match="NaN"):
         slm.show(np.full((SLM_PX, SLM_PX), np.nan))
 
 
