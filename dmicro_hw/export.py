@@ -56,7 +56,13 @@ from dmicro_hw.config import OpticsConfig, RigConfig, SLMModelConfig, TrainConfi
 from dmicro_hw.errors import CheckpointError, ConfigError
 from dmicro_hw.optics.fourier4f import pupil_mask
 from dmicro_hw.optics.sensor import straight_through
-from dmicro_hw.optics.slm import PhaseResponse, SLMGeometry, SLMModel, sample_image
+from dmicro_hw.optics.slm import (
+    PhaseResponse,
+    SLMGeometry,
+    SLMModel,
+    gaussian_blur,
+    sample_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,7 @@ LUT_FILE = "lut.npy"
 WAVELENGTH_RTOL = 1e-3
 MAX_CALIBRATION_JSON_BYTES = 16 * 1024**2
 MAX_PATTERN_BYTES = 512 * 1024**2
+PAIR_GUARD_BELOW_GAIN = 0.95  # fringing that leaves < 95 % of a checkerboard: guard the pairs
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,15 +425,24 @@ def checkerboard(shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> to
 
 
 def encode_phase_only(
-    field_slm: torch.Tensor, mode: Mode = "phase", origin: tuple[int, int] = (0, 0)
+    field_slm: torch.Tensor,
+    mode: Mode = "phase",
+    origin: tuple[int, int] = (0, 0),
+    pair_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """Complex target on SLM pixels (R, C) → phase (radians, not wrapped), float32 (R, C).
+    """Complex target on SLM pixels (R, C) → phase (radians), float32 (R, C).
 
     ``phase``: φ = arg H (the amplitude is dropped; where H = 0, φ = 0).
     ``amplitude_phase``: double-phase checkerboard φ = arg H + s·arccos(min(|H|, 1)),
     s = (−1)^(r+c) with (r, c) absolute SLM pixel indices (``origin`` = index of element [0, 0]).
     The average of a ± pair is |H|·e^{i arg H}; amplitudes above 1 cannot be displayed and are
     clipped.
+
+    ``pair_range`` = (lo, hi) keeps both phases of every pair inside [lo, hi] without wrapping
+    (arg H is taken in [0, 2π) and the half-difference is limited to its distance from lo and
+    hi). For SLMs with fringing: crosstalk averages the *displayed* phases of neighbours, and a
+    pair split across the 0/2π wrap (e.g. 0.1 and 6.1 rad) averages to the opposite phase. The
+    price is less amplitude modulation where arg H is near 0 or 2π.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -435,7 +451,19 @@ def encode_phase_only(
         return phase
     # arccos has an infinite slope at 1: clamp just below it so the gradient stays finite.
     d = torch.arccos(amp.clamp(0.0, 1.0 - 1e-6))
+    if pair_range is not None:
+        lo, hi = pair_range
+        phase = wrap_phase(phase)
+        room = torch.minimum(phase - lo, hi - phase).clamp_min(0.0)
+        d = torch.minimum(d, room)
     return phase + checkerboard(tuple(field_slm.shape[-2:]), origin).to(phase.device) * d
+
+
+def checkerboard_gain(fringing_px: float) -> float:
+    """Fraction of a ±1 pixel checkerboard that survives the SLM model's fringing blur."""
+    if fringing_px <= 0:
+        return 1.0
+    return float(gaussian_blur(checkerboard((17, 17)), fringing_px)[8, 8])
 
 
 def wrap_phase(phase: torch.Tensor) -> torch.Tensor:
@@ -587,6 +615,13 @@ class SLMExporter(nn.Module):
         self.geometry = geometry
         table = lut_table(slm, calibration)
         self.register_buffer("table", torch.as_tensor(table, dtype=torch.float64), False)
+        # With fringing that visibly blurs the checkerboard, keep each ± pair un-wrapped inside
+        # the LUT range (half a grey step from either end), see encode_phase_only.
+        self.checkerboard_gain = checkerboard_gain(slm.fringing_px)
+        self.pair_range: tuple[float, float] | None = None
+        if self.mode == "amplitude_phase" and self.checkerboard_gain < PAIR_GUARD_BELOW_GAIN:
+            half_step = 0.5 * float(table[-1] - table[0]) / (len(table) - 1)
+            self.pair_range = (half_step, float(table[-1] - table[0]) - half_step)
         response = PhaseResponse(slm.bit_depth, slm.phase_range_rad, table=table)
         self.model = SLMModel(optics, slm, geometry, response, supersample=supersample)
         self.register_buffer(
@@ -631,7 +666,9 @@ class SLMExporter(nn.Module):
                 f"describe a {n}×{n} field"
             )
         field_slm = resample_to_slm(filter_centred, self.coords, self.sampling)
-        phase = encode_phase_only(field_slm, self.mode, (self.rows[0], self.cols[0]))
+        phase = encode_phase_only(
+            field_slm, self.mode, (self.rows[0], self.cols[0]), self.pair_range
+        )
         grey = inverse_lut(wrap_phase(phase), self.table)
         return quantise(grey, self.bit_depth, ste=ste)
 
@@ -753,15 +790,15 @@ def write_pattern(
     npy, png, js = out / f"{stem}.npy", out / f"{stem}.png", out / f"{stem}.json"
     np.save(npy, np.ascontiguousarray(grey), allow_pickle=False)
     write_png(png, grey)
-    side = dict(meta)
-    side.update(
-        format=PATTERN_FORMAT,
-        format_version=PATTERN_FORMAT_VERSION,
-        shape=[int(grey.shape[0]), int(grey.shape[1])],
-        dtype=str(grey.dtype),
-        files={"npy": npy.name, "png": png.name},
-    )
-    hashes = dict(side.get("sha256", {}))
+    side: dict[str, Any] = {
+        "format": PATTERN_FORMAT,
+        "format_version": PATTERN_FORMAT_VERSION,
+        "shape": [int(grey.shape[0]), int(grey.shape[1])],
+        "dtype": str(grey.dtype),
+    }
+    side.update({k: v for k, v in meta.items() if k not in side})
+    side["files"] = {"npy": npy.name, "png": png.name}
+    hashes = dict(meta.get("sha256", {}))
     hashes.update(pattern=sha256_pattern(grey), npy=sha256_file(npy), png=sha256_file(png))
     side["sha256"] = hashes
     tmp = js.with_name(js.name + ".tmp")
@@ -928,6 +965,13 @@ def export_filter(
     amp = h.abs()
     if ex.mode == "amplitude_phase" and float(amp.max()) > 1.0 + 1e-6:
         log.warning("filter amplitude up to %.3f > 1 is clipped to 1", float(amp.max()))
+    if ex.mode == "amplitude_phase" and ex.pair_range is not None:
+        log.warning(
+            "slm.fringing_px = %g keeps only %.0f %% of the double-phase checkerboard: the "
+            "amplitude encoding is weak on this SLM (pairs kept un-wrapped; consider mode: phase)",
+            rig.slm.fringing_px,
+            100 * ex.checkerboard_gain,
+        )
     table = ex.table.numpy()
     lut_source = (
         "calibration"
@@ -941,6 +985,9 @@ def export_filter(
         "bit_depth": rig.slm.bit_depth,
         "mode": ex.mode,
         "encoding": ENCODING[ex.mode],
+        "checkerboard_gain": (
+            round(ex.checkerboard_gain, 6) if ex.mode == "amplitude_phase" else None
+        ),
         "sampling": sampling,
         "wavelength_m": rig.optics.wavelength_m,
         "slm_pitch_m": rig.slm.pitch_m,

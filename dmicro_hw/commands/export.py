@@ -85,7 +85,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         with open_device("slm", rig.slm, rig) as slm:
             slm.show(pattern.grey, pattern_id=pattern.pattern_id)
             console.print(
-                f"showing pattern {pattern.pattern_id} on the {rig.slm.backend} SLM", highlight=False
+                f"showing pattern {pattern.pattern_id} on the {rig.slm.backend} SLM",
+                highlight=False,
             )
             if hold is None and sys.stdin.isatty():
                 console.print("press Enter (or Ctrl-C) to blank the SLM and exit")
