@@ -116,6 +116,7 @@ class SimCamera:
         self._queue: deque[tuple[int, float]] = deque()  # (frame id, exposure start) in buffer
         self.delivered = 0
         self.lost_overflow = 0
+        self._unsubscribe: Any = None
 
     @classmethod
     def from_config(cls, section: CameraDeviceConfig, rig: RigConfig | None = None) -> SimCamera:
@@ -217,8 +218,9 @@ class SimCamera:
             self._cv.notify_all()
 
     def close(self) -> None:
-        """Stop and disconnect (idempotent)."""
+        """Stop, unsubscribe from the trigger and disconnect (idempotent)."""
         self.stop()
+        self._detach_trigger()
         self._opened = False
 
     def __enter__(self) -> SimCamera:
@@ -265,7 +267,14 @@ class SimCamera:
         hook = getattr(trigger, "on_pulse", None)
         if hook is None:
             raise DeviceError(f"{type(trigger).__name__} has no on_pulse(callback) hook")
-        hook(self.trigger_pulse)
+        self._detach_trigger()
+        unsubscribe = hook(self.trigger_pulse)
+        self._unsubscribe = unsubscribe if callable(unsubscribe) else None
+
+    def _detach_trigger(self) -> None:
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
 
     # ------------------------------------------------------------------ streaming
     def _wait_until(self, t: float) -> bool:

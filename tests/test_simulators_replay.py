@@ -116,3 +116,39 @@ def test_replay_errors(tmp_path):
         ReplayCamera.from_config(CameraDeviceConfig(backend="replay"))
     with pytest.raises(DeviceError, match="not open"):
         next(ReplayCamera(tmp_path).frames())
+
+
+def test_replays_a_store_written_by_the_acquisition_writer_after_a_crash(tmp_path):
+    """Record → replay round trip through the real RunWriter, never finalized (a crash)."""
+    from dmicro_hw.acquisition.writer import RunWriter
+
+    frames = stack(10)
+    w = RunWriter(
+        tmp_path / "run.zarr",
+        frame_shape=(6, 8),
+        dtype="uint16",
+        chunk_frames=4,
+        attrs={
+            "pixel_format": "Mono12",
+            "timestamp_frequency_hz": 1e9,
+            "patterns": [{"index": 0, "id": "lff-1"}],
+        },
+    )
+    ids = np.array([0, 1, 2, 4, 5, 6, 7, 8, 9, 10])
+    w.append(
+        frames,
+        {
+            "frame_id": ids,
+            "device_time": ids * 1_000_000,
+            "host_time": 1.7e9 + ids * 1e-3,
+            "exposure_s": np.full(10, 5e-4),
+            "pattern_index": np.zeros(10, np.int32),
+        },
+    )
+    assert w.committed == 8  # two whole chunks; the last 2 frames are still pending
+    with ReplayCamera(tmp_path, paced=True) as cam:  # the run folder
+        got = list(cam.frames())
+    assert [f.frame_id for f in got] == list(ids[:8])
+    assert [f.device_timestamp for f in got] == list(ids[:8] * 1_000_000)
+    assert {f.pattern_id for f in got} == {"lff-1"} and got[0].pixel_format == "Mono12"
+    np.testing.assert_array_equal(np.stack([f.data for f in got]), frames[:8])
