@@ -16,18 +16,27 @@ Placement (config ``slm:`` section):
   ``options.position: [x, y]`` overrides (also the way to place it on Windows/macOS).
 * ``options.fullscreen: true`` asks the window manager for a full-screen window instead (needed
   when a window manager adds decorations); the read-back check still applies.
-* ``options.verify: screenshot`` additionally grabs the screen after opening (PIL ImageGrab) and
-  checks a probe pattern arrives pixel for pixel (catches scaling, dithering, colour management).
+* ``options.verify`` (default ``screenshot`` on X displays, else ``geometry``): ``screenshot`` shows
+  a random probe pattern when opening and checks with a screenshot (PIL ImageGrab) that it arrives
+  pixel for pixel (catches display scaling, dithering, colour management — and a Qt window that
+  maps but never paints, seen in ~10 % of window creations on a loaded machine: such a window is
+  recreated, up to 3 times); ``geometry`` checks the read-back geometry only.
+* ``options.confirm`` (default: on for X displays): every :meth:`ScreenSLM.show` waits until a
+  screenshot of the window shows the new pattern (up to ``placement_timeout_s``, else
+  :class:`~dmicro_hw.errors.DeviceTimeoutError`) before the settle time starts. Drawing goes through
+  the GUI event loop, so on a busy machine "drawn" can lag "called" by tens of ms; the confirmation
+  makes "show returned" mean "the X server scans it out". Costs one screenshot per show (≈5 ms at
+  1280×1024); turn off for very high pattern rates.
 
 Bit depths: ``bit_depth <= 8`` is shown as grey. For more bits, ``options.high_bit_mode``:
 ``rgb`` (default) packs the 16-bit grey level as red = high byte, green = low byte, blue = 0;
 ``top8`` shows the top 8 bits as grey (see :mod:`dmicro_hw.drivers.slm_pixels`).
 
-Timing: :meth:`ScreenSLM.show` draws, pumps the GUI event loop (``cv2.waitKey``) and then waits
-``settle_time_s`` (liquid-crystal response + at least one video frame) while still pumping events,
-so when it returns the pattern is on the glass; ``pattern_id`` and ``shown_at`` record what is on
-it. OpenCV's GUI (Qt) binds to one X display per process: opening SLMs on two different displays
-in one process raises DeviceError.
+Timing: :meth:`ScreenSLM.show` draws, pumps the GUI event loop (``cv2.waitKey``), waits for the
+screenshot confirmation (see ``confirm``) and then waits ``settle_time_s`` (liquid-crystal response
++ at least one video frame) while still pumping events, so when it returns the pattern is on the
+glass; ``pattern_id`` and ``shown_at`` record what is on it. OpenCV's GUI (Qt) binds to one X
+display per process: opening SLMs on two different displays in one process raises DeviceError.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from typing import Any
 import numpy as np
 from dmicro_hw.drivers.slm_pixels import from_display_rgb, load_lut, to_display, to_grey
 
-from dmicro_hw.errors import ConfigError, DeviceError
+from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +152,7 @@ class ScreenSLM:
         "window_name",
         "verify",
         "placement_timeout_s",
+        "confirm",
     }
 
     def __init__(
@@ -159,8 +169,9 @@ class ScreenSLM:
         fullscreen: bool = False,
         high_bit_mode: str = "rgb",
         window_name: str = "dmicro-slm",
-        verify: str = "geometry",
+        verify: str | None = None,
         placement_timeout_s: float = 2.0,
+        confirm: bool | None = None,
     ) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
         self.pitch_m = float(pitch_m)
@@ -176,14 +187,18 @@ class ScreenSLM:
             raise ConfigError(
                 f"slm.options.high_bit_mode: must be 'rgb' or 'top8', got {high_bit_mode!r}"
             )
-        if verify not in ("geometry", "screenshot"):
+        if verify not in (None, "geometry", "screenshot"):
             raise ConfigError(
                 f"slm.options.verify: must be 'geometry' or 'screenshot', got {verify!r}"
             )
         self.high_bit_mode = high_bit_mode
         self.window_name = window_name
-        self.verify = verify
+        self._verify_opt = verify
+        self.verify = verify or ""
         self.placement_timeout_s = float(placement_timeout_s)
+        self._confirm_opt = confirm
+        self.confirm = False  # decided in open(): default on when the window is on an X display
+        self.last_confirm_s = float("nan")
         self.pattern_id = ""
         self.shown_at = 0.0
         self.rect: tuple[int, int, int, int] | None = None
@@ -195,7 +210,7 @@ class ScreenSLM:
     @classmethod
     def from_config(cls, section: Any, rig: Any = None) -> ScreenSLM:
         """``slm.backend: screen`` (options: position, fullscreen, high_bit_mode, window_name,
-        verify, placement_timeout_s)."""
+        verify, confirm, placement_timeout_s)."""
         opts = dict(section.options or {})
         unknown = sorted(set(opts) - cls._OPTIONS)
         if unknown:
@@ -298,10 +313,32 @@ class ScreenSLM:
                 os.environ["QT_SCALE_FACTOR"] = "1"
                 os.environ["QT_ENABLE_HIGHDPI_SCALING"] = "0"
                 _GUI_DISPLAY = disp
+        self.x_display = disp
+        verify = self._verify_opt or ("screenshot" if disp is not None else "geometry")
+        attempts = 3 if verify == "screenshot" else 1
+        for attempt in range(1, attempts + 1):
+            self._create_and_place(origin)
+            try:
+                if verify == "screenshot" and not self._probe_check(last=attempt == attempts):
+                    log.warning("slm: window never painted (attempt %d); recreating it", attempt)
+                    self._destroy()
+                    continue
+                self._draw(self._blank_grey())
+            except BaseException:
+                self._destroy()
+                raise
+            break
+        self.verify = verify
+        self.confirm = (disp is not None) if self._confirm_opt is None else self._confirm_opt
+        log.info("SLM window %r on %s at %s", self.window_name, disp, self.rect)
+        return self
+
+    def _create_and_place(self, origin: tuple[int, int]) -> None:
+        """Create the window, show blank, move it to ``origin``; DeviceError if not pixel-exact."""
         import cv2
 
-        self.x_display = disp
         name = self.window_name
+        rows, cols = self.shape
         flags = cv2.WINDOW_GUI_NORMAL | (
             cv2.WINDOW_NORMAL if self.fullscreen else cv2.WINDOW_AUTOSIZE
         )
@@ -311,27 +348,21 @@ class ScreenSLM:
         self._closed = False
         try:
             self._draw(self._blank_grey())
+            cv2.moveWindow(name, *origin)
             if self.fullscreen:
-                cv2.moveWindow(name, *origin)
                 cv2.setWindowProperty(name, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
-            else:
-                cv2.moveWindow(name, *origin)
             want = (origin[0], origin[1], cols, rows)
             self.rect = self._wait_geometry(want)
             if self.rect != want:
                 raise DeviceError(
-                    f"slm: window on {disp or 'the desktop'} is at x={self.rect[0]} "
+                    f"slm: window on {self.x_display or 'the desktop'} is at x={self.rect[0]} "
                     f"y={self.rect[1]} {self.rect[2]}x{self.rect[3]}, expected x={want[0]} "
                     f"y={want[1]} {cols}x{rows} — not pixel-exact (check slm.display/monitor, "
                     "display scaling, the window manager, options.fullscreen)"
                 )
-            if self.verify == "screenshot":
-                self._verify_screenshot()
         except BaseException:
             self._destroy()
             raise
-        log.info("SLM window %r on %s at %s", name, disp, self.rect)
-        return self
 
     def _wait_geometry(self, want: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         import cv2
@@ -358,24 +389,51 @@ class ScreenSLM:
         """Grey levels currently on screen, decoded from a screenshot (see :meth:`grab`)."""
         return from_display_rgb(self.grab(), self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
 
-    def _verify_screenshot(self) -> None:
+    def _expected_grey(self, grey: np.ndarray) -> np.ndarray:
+        """What a screenshot decodes to when ``grey`` is shown (top8 drops the low bits)."""
+        shown = to_display(grey, self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
+        rgb = shown[..., ::-1] if shown.ndim == 3 else np.repeat(shown[..., None], 3, axis=-1)
+        return from_display_rgb(rgb, self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
+
+    def _confirm(self, grey: np.ndarray, timeout_s: float) -> float:
+        """Pump events until a screenshot shows ``grey``; returns the seconds it took."""
+        expected = self._expected_grey(grey)
+        t0 = time.monotonic()
+        while True:
+            self._pump(0.0, min_iterations=1)
+            got = self.shown_grey()
+            if np.array_equal(got, expected):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout_s:
+                bad = int(np.count_nonzero(got != expected))
+                raise DeviceTimeoutError(
+                    f"slm: pattern not on screen {self.x_display} after {timeout_s:g} s "
+                    f"({bad} of {expected.size} pixels differ: display scaling, dithering, "
+                    "colour management, or a covering window?)"
+                )
+
+    def _probe_check(self, last: bool) -> bool:
+        """Show a random probe and compare a screenshot with it, pixel for pixel.
+
+        Returns False when the window shows nothing at all (Qt sometimes leaves a freshly mapped
+        window unpainted for good; a new window fixes it); raises DeviceError when the screen
+        shows something else than the probe (scaling, dithering, colour management), or when
+        ``last`` and the window is still unpainted.
+        """
         rng = np.random.default_rng(12345)
-        probe = rng.integers(0, 2**self.bit_depth, size=self.shape).astype(
+        probe = rng.integers(1, 2**self.bit_depth, size=self.shape).astype(
             np.uint8 if self.bit_depth <= 8 else np.uint16
         )
         self._draw(probe)
-        self._pump(max(self.settle_time_s, 0.05))
-        got = self.shown_grey()
-        shown = to_display(probe, self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
-        rgb = shown[..., ::-1] if shown.ndim == 3 else np.repeat(shown[..., None], 3, axis=-1)
-        expected = from_display_rgb(rgb, self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
-        bad = int(np.count_nonzero(got != expected))
-        self._draw(self._blank_grey())
-        if bad:
-            raise DeviceError(
-                f"slm: screenshot check failed on {self.x_display}: {bad} of {probe.size} pixels "
-                "differ from the probe pattern (display scaling, dithering or colour management?)"
-            )
+        try:
+            self._confirm(probe, min(self.placement_timeout_s, 1.0))
+            return True
+        except DeviceTimeoutError as e:
+            unpainted = np.array_equal(self.shown_grey(), self._expected_grey(self._blank_grey()))
+            if unpainted and not last:
+                return False
+            what = "window stays unpainted" if unpainted else str(e)
+            raise DeviceError(f"slm: screenshot check failed: {what}") from None
 
     # ---------------------------------------------------------------- showing
     def _blank_grey(self) -> np.ndarray:
@@ -426,9 +484,14 @@ class ScreenSLM:
         grey = to_grey(pattern, self.shape, self.bit_depth, self.phase_range_rad, self.lut)
         t0 = time.monotonic()
         self._draw(grey)
-        # a few event-loop turns even with no settle time: Qt paints and flushes to the X server
-        # from its event loop, so without them the pattern may never reach the screen
-        self._pump(self.settle_time_s - (time.monotonic() - t0), min_iterations=3)
+        if self.confirm:
+            # wait until the X server has the new pattern, then let the liquid crystal settle
+            self.last_confirm_s = self._confirm(grey, self.placement_timeout_s)
+            self._pump(self.settle_time_s)
+        else:
+            # a few event-loop turns even with no settle time: Qt paints and flushes to the X
+            # server from its event loop, so without them the pattern may never reach the screen
+            self._pump(self.settle_time_s - (time.monotonic() - t0), min_iterations=3)
         self.pattern_id = pattern_id
         self.shown_at = time.time()
 
