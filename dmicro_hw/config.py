@@ -150,6 +150,12 @@ class DecoderConfig(StrictModel):
     blocks_per_group: int = Field(2, ge=1, le=12)
     window_size: int = Field(8, ge=2, le=32)
     num_heads: int = Field(6, ge=1, le=32)
+    upsampler: Literal["auto", "pixelshuffle", "pixelshuffledirect"] = Field(
+        "auto",
+        description="swinir up-sampler: pixelshuffle (SwinIR classical: conv + log2(k) × "
+        "[conv, PixelShuffle(2)], 64 ch), pixelshuffledirect (SwinIR lightweight: one conv "
+        "+ PixelShuffle(k)); auto = direct when embed_dim < 96",
+    )
 
 
 class StageConfig(StrictModel):

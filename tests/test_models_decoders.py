@@ -14,7 +14,8 @@ from dmicro_hw.models.swinir import WindowAttention, shifted_window_mask
 UNET = DecoderConfig(kind="unet", base_channels=16, depth=2)
 SWIN = DecoderConfig(
     kind="swinir", embed_dim=24, num_heads=3, num_groups=1, blocks_per_group=2, window_size=4
-)
+)  # small: "auto" picks the direct (SwinIR-light) up-sampler
+SWIN_PS = SWIN.model_copy(update={"upsampler": "pixelshuffle"})  # SwinIR-classical up-sampler
 
 
 @pytest.fixture(autouse=True)
@@ -26,11 +27,13 @@ def _threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("cfg", [UNET, SWIN], ids=["unet", "swinir"])
+@pytest.mark.parametrize("cfg", [UNET, SWIN, SWIN_PS], ids=["unet", "swinir", "swinir-ps"])
 @pytest.mark.parametrize("k", [2, 4, 8, 16])
 def test_shapes_every_binning(cfg: DecoderConfig, k: int) -> None:
     model = build_decoder(cfg, k)
     assert model.binning == k
+    if cfg.kind == "swinir":
+        assert model.upsampler == ("pixelshuffle" if cfg is SWIN_PS else "pixelshuffledirect")
     for n in (32 // k, 3):  # N = 32, and a side that is no multiple of the window / 2**depth
         y = model(torch.rand(2, n, n))
         assert y.shape == (2, n * k, n * k) and y.dtype == torch.float32
@@ -38,7 +41,7 @@ def test_shapes_every_binning(cfg: DecoderConfig, k: int) -> None:
     assert y.shape == (1, 3 * k, 5 * k) and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("cfg", [UNET, SWIN], ids=["unet", "swinir"])
+@pytest.mark.parametrize("cfg", [UNET, SWIN, SWIN_PS], ids=["unet", "swinir", "swinir-ps"])
 def test_gradients_reach_every_parameter(cfg: DecoderConfig) -> None:
     model = build_decoder(cfg, 4)
     x = torch.rand(2, 8, 8, requires_grad=True)

@@ -36,5 +36,6 @@ def build_decoder(cfg: DecoderConfig, binning: int) -> nn.Module:
             blocks_per_group=cfg.blocks_per_group,
             window_size=cfg.window_size,
             num_heads=cfg.num_heads,
+            upsampler=cfg.upsampler,
         )
     raise ConfigError(f"decoder.kind must be one of ['unet', 'swinir'], got {cfg.kind!r}")

@@ -7,11 +7,16 @@ Structure as in SwinIR's classical super-resolution model, which ∂μ uses as i
           self-attention with relative position bias, shifted by window/2 on every other layer
           → LayerNorm → MLP), then conv3×3, plus the group's input]
       ──► LayerNorm → conv3×3, plus the shallow features
-      ──► conv3×3 (→ 64) → LeakyReLU → log2(k) × [conv3×3 → PixelShuffle(2)] → conv3×3 (→ 1)
-      ──► (B, N, N) normalised phase (≈ [0, 1], not clamped)
+      ──► up-sampler ──► (B, N, N) normalised phase (≈ [0, 1], not clamped)
 
-Paper fidelity (∂μ / SwinIR): embed_dim 180, 6 groups × 6 layers, window 8, 6 heads, MLP ratio
-2 — :meth:`SwinIRDecoder.paper`. The config defaults are smaller (embed 60, 2 × 2) for CPU.
+    up-sampler "pixelshuffle" (SwinIR classical SR): conv3×3 (→ 64) → LeakyReLU
+        → log2(k) × [conv3×3 (→ 4·64) → PixelShuffle(2)] → conv3×3 (→ 1)
+    up-sampler "pixelshuffledirect" (SwinIR lightweight SR): conv3×3 (→ k²) → PixelShuffle(k)
+
+Paper fidelity (∂μ / SwinIR classical): embed_dim 180, 6 groups × 6 layers, window 8, 6 heads,
+MLP ratio 2, pixelshuffle — :meth:`SwinIRDecoder.paper`. The config defaults are smaller
+(embed 60, 2 × 2, direct up-sampler as in SwinIR-light) for CPU: the classical up-sampler's
+64-channel convolutions at N/2 cost more than the whole transformer at k = 8.
 Frames whose side is not a multiple of the window are padded and cropped back.
 """
 
@@ -144,7 +149,9 @@ class SwinIRDecoder(nn.Module):
         num_groups: number of RSTB groups; blocks_per_group: Swin layers per group.
         window_size: attention window (tokens per side); num_heads: attention heads.
         mlp_ratio: MLP hidden width / embed_dim (SwinIR SR: 2).
-        upsampler_channels: width of the pixel-shuffle up-sampler (SwinIR: 64).
+        upsampler: ``pixelshuffle`` | ``pixelshuffledirect`` | ``auto`` (direct when
+            embed_dim < 96, as SwinIR-light).
+        upsampler_channels: width of the ``pixelshuffle`` up-sampler (SwinIR: 64).
         normalize_input: per-frame standardisation (gain/offset invariance).
     """
 
@@ -157,6 +164,7 @@ class SwinIRDecoder(nn.Module):
         window_size: int = 8,
         num_heads: int = 6,
         mlp_ratio: float = 2.0,
+        upsampler: str = "pixelshuffle",
         upsampler_channels: int = 64,
         normalize_input: bool = True,
     ) -> None:
@@ -174,12 +182,19 @@ class SwinIRDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(e)
         self.conv_after_body = nn.Conv2d(e, e, 3, padding=1)
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(e, f, 3, padding=1), nn.LeakyReLU())
-        up: list[nn.Module] = []
-        for _ in range(int(math.log2(self.binning))):
-            up += [nn.Conv2d(f, 4 * f, 3, padding=1), nn.PixelShuffle(2)]
+        if upsampler == "auto":
+            upsampler = "pixelshuffledirect" if e < 96 else "pixelshuffle"
+        self.upsampler = upsampler
+        if upsampler == "pixelshuffle":
+            up: list[nn.Module] = [nn.Conv2d(e, f, 3, padding=1), nn.LeakyReLU()]
+            for _ in range(int(math.log2(self.binning))):
+                up += [nn.Conv2d(f, 4 * f, 3, padding=1), nn.PixelShuffle(2)]
+            up.append(nn.Conv2d(f, 1, 3, padding=1))
+        elif upsampler == "pixelshuffledirect":
+            up = [nn.Conv2d(e, self.binning**2, 3, padding=1), nn.PixelShuffle(self.binning)]
+        else:
+            raise ValueError(f"unknown upsampler {upsampler!r}")
         self.upsample = nn.Sequential(*up)
-        self.conv_last = nn.Conv2d(f, 1, 3, padding=1)
         self._masks: dict[tuple[int, int, str], torch.Tensor] = {}
         self.apply(self._init)
 
@@ -195,7 +210,15 @@ class SwinIRDecoder(nn.Module):
     @classmethod
     def paper(cls, binning: int) -> SwinIRDecoder:
         """The size used by ∂μ / SwinIR: embed 180, 6 groups × 6 layers, window 8, 6 heads."""
-        return cls(binning, embed_dim=180, num_groups=6, blocks_per_group=6, window_size=8)
+        return cls(
+            binning,
+            embed_dim=180,
+            num_groups=6,
+            blocks_per_group=6,
+            window_size=8,
+            num_heads=6,
+            upsampler="pixelshuffle",
+        )
 
     def _mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         key = (h, w, str(device))
@@ -219,6 +242,6 @@ class SwinIRDecoder(nn.Module):
         b, c = deep.shape[:2]
         deep = self.norm(deep.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, hp, wp)
         feat = self.conv_after_body(deep) + shallow
-        y = self.conv_last(self.upsample(self.conv_before_upsample(feat)))
+        y = self.upsample(feat)
         k = self.binning
         return y[:, 0, : h * k, : w * k]
