@@ -32,7 +32,9 @@ class Frame:
 
     ``data`` is (H, W) uint8/uint16 (raw sensor values, PFNC ``pixel_format``); ``frame_id`` is the
     device's frame counter (gaps mean dropped frames); ``device_timestamp`` is in device ticks,
-    ``timestamp_frequency_hz`` converts it to seconds; ``host_time`` is ``time.time()`` at receipt.
+    ``timestamp_frequency_hz`` converts it to seconds (0 when the device has no clock — then
+    ``device_timestamp`` is 0 too; check before dividing); ``host_time`` is ``time.time()`` at
+    receipt.
     """
 
     data: np.ndarray
