@@ -128,6 +128,18 @@ def x_display_info(display: str) -> dict[str, Any] | None:
         x11.XCloseDisplay(dpy)
 
 
+def _can_screenshot(display: str) -> bool:
+    """Whether PIL can grab X ``display`` (Pillow built with XCB, server reachable)."""
+    try:
+        from PIL import ImageGrab
+
+        ImageGrab.grab(bbox=(0, 0, 1, 1), xdisplay=display)
+        return True
+    except Exception as e:  # OSError "built without XCB support", connection errors
+        log.warning("slm: no screenshots of %s (%s); geometry check only", display, e)
+        return False
+
+
 def _split_display(display: str) -> tuple[str, int | None]:
     """``":0.1"`` → (":0", 1); ``":0"`` → (":0", None)."""
     host, _, rest = display.rpartition(":")
@@ -314,7 +326,14 @@ class ScreenSLM:
                 os.environ["QT_ENABLE_HIGHDPI_SCALING"] = "0"
                 _GUI_DISPLAY = disp
         self.x_display = disp
-        verify = self._verify_opt or ("screenshot" if disp is not None else "geometry")
+        can_grab = disp is not None and _can_screenshot(disp)
+        if not can_grab and (self._verify_opt == "screenshot" or self._confirm_opt):
+            raise DeviceError(
+                "slm.options: verify=screenshot / confirm need screenshots of "
+                f"{disp or 'the screen'} (PIL ImageGrab with XCB support); "
+                "set verify: geometry, confirm: false"
+            )
+        verify = self._verify_opt or ("screenshot" if can_grab else "geometry")
         attempts = 3 if verify == "screenshot" else 1
         for attempt in range(1, attempts + 1):
             self._create_and_place(origin)
@@ -329,7 +348,7 @@ class ScreenSLM:
                 raise
             break
         self.verify = verify
-        self.confirm = (disp is not None) if self._confirm_opt is None else self._confirm_opt
+        self.confirm = can_grab if self._confirm_opt is None else self._confirm_opt
         log.info("SLM window %r on %s at %s", self.window_name, disp, self.rect)
         return self
 
