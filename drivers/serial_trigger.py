@@ -29,6 +29,9 @@ from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 log = logging.getLogger(__name__)
 
 
+_POLL_S = 0.02  # read timeout of the port: the reply deadline is checked at least this often
+
+
 class _NoReply(Exception):
     pass
 
@@ -114,7 +117,7 @@ class SerialTrigger:
             ser = serial.serial_for_url(
                 self.port,
                 baudrate=self.baudrate,
-                timeout=self.timeout_s,
+                timeout=min(_POLL_S, self.timeout_s),
                 write_timeout=self.timeout_s,
                 exclusive=True,
             )
@@ -160,8 +163,7 @@ class SerialTrigger:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _NoReply
-                self._ser.timeout = min(remaining, 0.25)
-                chunk = self._ser.read(max(1, self._ser.in_waiting))
+                chunk = self._ser.read(max(1, self._ser.in_waiting))  # waits ≤ _POLL_S
                 self._rx += chunk
                 if len(self._rx) > 4 * tp.MAX_LINE and b"\n" not in self._rx:
                     self._rx.clear()  # line noise without line ends
