@@ -71,7 +71,8 @@ _register_commands()
 
 def _run(entry: typer.Typer, argv: list[str] | None = None, prog_name: str = "dmicro") -> int:
     try:
-        entry(args=argv, prog_name=prog_name, standalone_mode=False)
+        # with standalone_mode=False, click returns the exit code of typer.Exit(code=…)
+        rc = entry(args=argv, prog_name=prog_name, standalone_mode=False)
     except DmicroError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code
@@ -89,7 +90,7 @@ def _run(entry: typer.Typer, argv: list[str] | None = None, prog_name: str = "dm
             e.show()
             return e.exit_code
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def main(argv: list[str] | None = None) -> None:
