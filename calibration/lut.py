@@ -11,7 +11,8 @@ then Newton steps), with everything else fixed at the registration values. Its 1
 from the curvature of χ² in φ (inflated by χ²/dof when larger than 1).
 
 The curve: the per-level phases are unwrapped in grey order and fitted by the parametric response
-φ(g) = s·range·(g/levels)^γ (weighted least squares, covariance of γ and s); when that curve does
+φ(g) = s·range·(g/levels)^γ (weighted least squares with a systematic floor of
+``LUT_SYSTEMATIC_RAD`` added to each level's σ, covariance of γ and s); when that curve does
 not explain the points (χ²/dof > ``PARAMETRIC_CHI2_MAX``), a monotone curve is used instead:
 isotonic regression of the points (pool-adjacent-violators) interpolated by a shape-preserving
 PCHIP. The table has one phase per grey level (relative to grey 0: a global phase does not change
@@ -37,6 +38,9 @@ from dmicro_hw.optics.system import PhysicalSystem
 log = logging.getLogger(__name__)
 
 PARAMETRIC_CHI2_MAX = 4.0
+# Per-level phases carry a systematic error from the not-yet-refined registration of a few mrad;
+# it is added in quadrature before judging the power law (below that, deviations mean nothing).
+LUT_SYSTEMATIC_RAD = 0.005
 TWO_PI = 2 * math.pi
 
 
@@ -76,59 +80,67 @@ def _table_response(system: PhysicalSystem, grey: int, phase: float) -> None:
         r.table.copy_(table)
 
 
+def _level_chi2(system: PhysicalSystem, fm: ForwardModel, o: Observation, phi: float) -> float:
+    _table_response(system, int(o.meta["grey"]), phi)
+    fm.invalidate("slm", "filter", "intensity")
+    f = fm.frames().numpy().ravel()
+    return float(np.sum(((f - o.mean.ravel()) * o.weight.ravel()) ** 2))
+
+
 def measure_level_phases(
     system: PhysicalSystem,
     targets: dict[str, np.ndarray],
     obs: Sequence[Observation],
-    grid: int = 16,
-    newton_steps: int = 5,
+    start: Sequence[float] | None = None,
+    grid: int = 12,
+    newton_steps: int = 4,
+    chi2_retry: float = 3.0,
 ) -> list[LevelPhase]:
     """Per-grey-level phase from the DC-disc frames (see the module docstring).
 
     ``system`` is used with its current geometry, pupil, tilt and camera parameters; its phase
-    response is temporarily replaced by a table.
+    response is temporarily replaced by a table. ``start``: predicted phase per observation
+    (e.g. the registration's parametric LUT); Newton steps start there, and a grid over
+    [0, 2π) is searched first when there is no start or the result has χ²/dof > ``chi2_retry``.
     """
     saved = system.slm.response
+    levels = 2**system.slm_cfg.bit_depth
     out: list[LevelPhase] = []
     try:
         system.slm.response = PhaseResponse(
-            system.slm_cfg.bit_depth,
-            system.slm_cfg.phase_range_rad,
-            table=torch.zeros(1 << system.slm_cfg.bit_depth),
+            system.slm_cfg.bit_depth, system.slm_cfg.phase_range_rad, table=torch.zeros(levels)
         )
-        for o in obs:
-            g = int(o.meta["grey"])
+        for idx, o in enumerate(obs):
             fm = ForwardModel(system, targets, [o])
-            y = o.mean.ravel()
-            w = o.weight.ravel()
-
-            def chi2(phi: float) -> float:
-                _table_response(system, g, phi)
-                fm.invalidate("slm", "filter", "intensity")
-                f = fm.frames().numpy().ravel()
-                return float(np.sum(((f - y) * w) ** 2))
-
-            phis = np.linspace(0, TWO_PI, grid, endpoint=False)
-            vals = np.array([chi2(p) for p in phis])
-            k = int(np.argmin(vals))
-            phi = float(phis[k])
-            h = TWO_PI / grid
-            # parabola through the neighbours, then Newton steps with a shrinking difference
-            for _ in range(newton_steps):
-                c0, cp, cm = chi2(phi), chi2(phi + h), chi2(phi - h)
-                curv = (cp - 2 * c0 + cm) / h**2
-                if curv <= 0:
-                    phi = phi + (h if cp < cm else -h)
-                    continue
-                stepv = -0.5 * (cp - cm) / h / curv
-                phi += float(np.clip(stepv, -h, h))
-                h = max(h / 3, 1e-3)
-            c0, cp, cm = chi2(phi), chi2(phi + 0.01), chi2(phi - 0.01)
-            curv = max((cp - 2 * c0 + cm) / 0.01**2, 1e-12)
-            dof = max(int(np.count_nonzero(w)) - 1, 1)
+            dof = max(int(np.count_nonzero(o.weight)) - 1, 1)
+            tries = [None] if start is None else [float(start[idx]), None]
+            for guess in tries:
+                if guess is None:
+                    phis = np.linspace(0, TWO_PI, grid, endpoint=False)
+                    vals = [_level_chi2(system, fm, o, p) for p in phis]
+                    phi, h = float(phis[int(np.argmin(vals))]), TWO_PI / grid
+                else:
+                    phi, h = guess, 0.3
+                for _ in range(newton_steps):
+                    c0 = _level_chi2(system, fm, o, phi)
+                    cp = _level_chi2(system, fm, o, phi + h)
+                    cm = _level_chi2(system, fm, o, phi - h)
+                    curv = (cp - 2 * c0 + cm) / h**2
+                    if curv <= 0:
+                        phi += h if cp < cm else -h
+                        continue
+                    phi += float(np.clip(-0.5 * (cp - cm) / h / curv, -h, h))
+                    h = max(h / 3, 2e-3)
+                d = 0.01
+                c0 = _level_chi2(system, fm, o, phi)
+                cp = _level_chi2(system, fm, o, phi + d)
+                cm = _level_chi2(system, fm, o, phi - d)
+                if c0 / dof <= chi2_retry:
+                    break
+            curv = max((cp - 2 * c0 + cm) / d**2, 1e-12)
             chi2_dof = c0 / dof
             sigma = math.sqrt(2.0 / curv * max(1.0, chi2_dof))
-            out.append(LevelPhase(g, float(np.mod(phi, TWO_PI)), sigma, chi2_dof))
+            out.append(LevelPhase(int(o.meta["grey"]), float(np.mod(phi, TWO_PI)), sigma, chi2_dof))
     finally:
         system.slm.response = saved
     return out
@@ -222,6 +234,7 @@ def fit_lut(
     bit_depth: int,
     phase_range_rad: float = TWO_PI,
     chi2_max: float = PARAMETRIC_CHI2_MAX,
+    systematic_rad: float = LUT_SYSTEMATIC_RAD,
 ) -> LUTFit:
     """Fit the monotone phase-response curve to per-level phases (see the module docstring)."""
     from scipy.interpolate import PchipInterpolator
@@ -230,7 +243,7 @@ def fit_lut(
     lv = sorted(levels, key=lambda x: x.grey)
     g = np.array([x.grey for x in lv], dtype=np.float64)
     phi = unwrap_monotone(g, np.array([x.phase_rad for x in lv]))
-    sig = np.array([max(x.sigma_rad, 1e-4) for x in lv])
+    sig = np.hypot([x.sigma_rad for x in lv], systematic_rad)
     n_levels = 2**bit_depth
 
     def resid(p: np.ndarray) -> np.ndarray:

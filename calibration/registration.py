@@ -227,7 +227,7 @@ def locate_dc(obs: Sequence[Observation]) -> dict[str, float]:
 
 def ramp_probes(shape: tuple[int, int], period_px: float, bit_depth: int) -> list[Probe]:
     out = []
-    for k, deg in enumerate((0, 90, 180, 270)):
+    for deg in (0, 90, 180, 270):
         g = P.ramp(shape, period_px, math.radians(deg), bit_depth)
         out.append(Probe(f"ramp{deg:03d}", "ramp", g, {"period_px": period_px, "angle_deg": deg}))
     return out

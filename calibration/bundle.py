@@ -1,0 +1,347 @@
+"""The calibration bundle: one versioned folder per calibration.
+
+    <bundle>/
+      calibration.json   every fitted parameter with its 1-σ uncertainty and unit, the fitted
+                         bench mismatch, the SLM placement and LUT the export uses, rig id,
+                         wavelength, date, software version, SHA-256 of the captured frames, the
+                         known target, per-pattern residuals, the noise model, the step log
+      lut.npy            phase (rad) of every grey level, float64 (2^bits,), relative to grey 0
+      lut_sigma.npy      its 1-σ band (rad)
+      frames.npz         every captured frame, per probe pattern, in capture order
+      probes.npz         the displayed probe patterns (grey levels), by pattern id
+      target.npy         the known phase target the frames show (N, N) rad
+      lut.png, registration.png, residuals.png     plots (matplotlib, Agg)
+      checkpoint_adapted.pt                        (optional) decoder adapted to this rig
+
+JSON keys the export reads (:func:`dmicro_hw.export.load_slm_calibration`): ``rig_id``,
+``wavelength_m``, ``slm.offset_px`` / ``slm.rotation_rad`` / ``slm.scale`` / ``slm.lut``.
+``slm.offset_px`` is where the *optical axis of the illumination* (the DC of the sample spectrum)
+lands on the SLM relative to its centre pixel — the physical SLM offset plus the effect of the
+illumination tilt — because that is the point a trained filter must be centred on. The physical
+offset and the tilt are in ``mismatch`` and ``parameters``.
+
+:func:`load_bundle` refuses a bundle measured on another rig or at another wavelength with one
+clear line (:class:`~dmicro_hw.errors.CheckpointError`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmicro_hw import __version__
+from dmicro_hw.config import RigConfig
+from dmicro_hw.errors import CheckpointError
+from dmicro_hw.optics.system import Mismatch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dmicro-hw-calibration"
+FORMAT_VERSION = 1
+CALIBRATION_FILE = "calibration.json"
+LUT_FILE = "lut.npy"
+LUT_SIGMA_FILE = "lut_sigma.npy"
+FRAMES_FILE = "frames.npz"
+PROBES_FILE = "probes.npz"
+TARGET_FILE = "target.npy"
+ADAPTED_CHECKPOINT = "checkpoint_adapted.pt"
+WAVELENGTH_RTOL = 1e-3
+MAX_JSON_BYTES = 32 * 1024**2
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class CalibrationBundle:
+    """A calibration as loaded from (or about to be written to) a bundle folder.
+
+    ``data`` is the full calibration.json mapping; ``mismatch`` the fitted bench model;
+    ``parameters``: name → {value, sigma, unit}; ``lut``/``lut_sigma`` per grey level (rad).
+    """
+
+    data: dict[str, Any]
+    mismatch: Mismatch
+    parameters: dict[str, dict[str, float]]
+    lut: np.ndarray | None
+    lut_sigma: np.ndarray | None
+    path: Path | None = None
+    target: np.ndarray | None = None
+    probes: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def rig_id(self) -> str:
+        return str(self.data.get("rig_id", ""))
+
+    @property
+    def wavelength_m(self) -> float | None:
+        wl = self.data.get("wavelength_m")
+        return None if wl is None else float(wl)
+
+    def value(self, name: str) -> float:
+        return float(self.parameters[name]["value"])
+
+    def sigma(self, name: str) -> float:
+        return float(self.parameters[name].get("sigma", float("nan")))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_bundle(
+    out_dir: Path | str,
+    data: dict[str, Any],
+    lut: np.ndarray | None,
+    lut_sigma: np.ndarray | None,
+    frames: Any | None = None,
+    probes: dict[str, np.ndarray] | None = None,
+    target: np.ndarray | None = None,
+) -> Path:
+    """Write the bundle folder (JSON last, atomically). Returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    d = dict(data)
+    d.setdefault("format", FORMAT)
+    d.setdefault("format_version", FORMAT_VERSION)
+    d.setdefault("software_version", __version__)
+    d.setdefault("created_utc", utc_now())
+    if lut is not None:
+        np.save(out / LUT_FILE, np.asarray(lut, dtype=np.float64), allow_pickle=False)
+        d.setdefault("slm", {})["lut"] = LUT_FILE
+    if lut_sigma is not None:
+        np.save(out / LUT_SIGMA_FILE, np.asarray(lut_sigma, dtype=np.float64), allow_pickle=False)
+    if frames is not None:
+        frames.save_npz(out / FRAMES_FILE)
+    if probes:
+        np.savez_compressed(out / PROBES_FILE, **{k: np.asarray(v) for k, v in probes.items()})
+    if target is not None:
+        np.save(out / TARGET_FILE, np.asarray(target, dtype=np.float32), allow_pickle=False)
+    tmp = out / (CALIBRATION_FILE + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(d), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / CALIBRATION_FILE)
+    return out
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable {what} ({e})") from None
+
+
+def check_bundle_for_rig(bundle: CalibrationBundle, rig: RigConfig) -> None:
+    """Refuse a bundle measured on another rig or at another wavelength (one clear line)."""
+    where = bundle.path or "<calibration>"
+    if bundle.rig_id and bundle.rig_id != rig.rig_id:
+        raise CheckpointError(
+            f"{where}: calibration bundle was measured on rig {bundle.rig_id!r}, this rig is "
+            f"{rig.rig_id!r} — calibrate this rig (`dmicro calibrate --config …`)"
+        )
+    wl = bundle.wavelength_m
+    if wl is not None and not math.isclose(wl, rig.optics.wavelength_m, rel_tol=WAVELENGTH_RTOL):
+        raise CheckpointError(
+            f"{where}: calibration bundle was measured at λ = {wl * 1e9:.1f} nm, the rig's "
+            f"optics.wavelength_m is {rig.optics.wavelength_m * 1e9:.1f} nm — the SLM phase "
+            "response depends on the wavelength: recalibrate"
+        )
+    levels = 2**rig.slm.bit_depth
+    if bundle.lut is not None and bundle.lut.shape != (levels,):
+        raise CheckpointError(
+            f"{where}: LUT has {bundle.lut.shape[0]} grey levels, the rig's "
+            f"{rig.slm.bit_depth}-bit SLM has {levels}"
+        )
+
+
+def load_bundle(path: Path | str, rig: RigConfig | None = None) -> CalibrationBundle:
+    """Read a bundle folder (or its calibration.json); with ``rig``, check it belongs to it."""
+    p = Path(path)
+    folder = p.parent if p.is_file() else p
+    cal = folder / CALIBRATION_FILE
+    if not cal.is_file():
+        raise CheckpointError(f"{folder}: not a calibration bundle (no {CALIBRATION_FILE})")
+    raw = cal.read_bytes()
+    if len(raw) > MAX_JSON_BYTES:
+        raise CheckpointError(f"{cal}: too large for a calibration file")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cal}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{cal}: not a dmicro-hw calibration bundle (format={FORMAT!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cal}: bundle format version {data.get('format_version')!r}, this dmicro-hw reads "
+            f"{FORMAT_VERSION}"
+        )
+    try:
+        mismatch = Mismatch.from_dict(data.get("mismatch", {}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cal}: invalid 'mismatch' section ({e})") from None
+    lut = _load_npy(folder / LUT_FILE, "LUT") if (folder / LUT_FILE).is_file() else None
+    lut_sigma = (
+        _load_npy(folder / LUT_SIGMA_FILE, "LUT σ") if (folder / LUT_SIGMA_FILE).is_file() else None
+    )
+    target = _load_npy(folder / TARGET_FILE, "target") if (folder / TARGET_FILE).is_file() else None
+    probes: dict[str, np.ndarray] = {}
+    if (folder / PROBES_FILE).is_file():
+        try:
+            with np.load(folder / PROBES_FILE, allow_pickle=False) as z:
+                probes = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{folder / PROBES_FILE}: unreadable ({e})") from None
+    b = CalibrationBundle(
+        data=data,
+        mismatch=mismatch,
+        parameters=dict(data.get("parameters", {})),
+        lut=lut,
+        lut_sigma=lut_sigma,
+        path=folder,
+        target=target,
+        probes=probes,
+    )
+    if rig is not None:
+        check_bundle_for_rig(b, rig)
+    return b
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lut(
+    path: Path, table: np.ndarray, sigma: np.ndarray | None, points: list[dict], method: str
+) -> Path:
+    """LUT with its fit: measured levels (error bars), fitted curve and its 1-σ band."""
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6, 6), sharex=True, height_ratios=[3, 1])
+    g = np.arange(len(table))
+    ax.plot(g, table, "C0-", label=f"fitted LUT ({method})")
+    ax.plot(g, 2 * np.pi * g / len(table), "k:", lw=1, label="nominal (linear)")
+    if sigma is not None:
+        ax.fill_between(
+            g, table - 3 * sigma, table + 3 * sigma, color="C0", alpha=0.25, label="±3σ"
+        )
+    if points:
+        pg = np.array([p["grey"] for p in points])
+        pp = np.array([p["phase_rad"] for p in points])
+        ps = np.array([p["sigma_rad"] for p in points])
+        ax.errorbar(pg, pp, yerr=ps, fmt="o", color="C3", ms=3, label="measured levels")
+        ax2.errorbar(pg, pp - table[pg], yerr=ps, fmt="o", color="C3", ms=3)
+    ax2.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("phase (rad)")
+    ax2.set_ylabel("meas. − fit")
+    ax2.set_xlabel("grey level")
+    ax.legend(fontsize=8)
+    ax.set_title("SLM phase response")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_registration(
+    path: Path,
+    captured: dict[str, np.ndarray],
+    simulated_nominal: dict[str, np.ndarray],
+    simulated_fit: dict[str, np.ndarray],
+    slm_grey: np.ndarray | None = None,
+    footprint: np.ndarray | None = None,
+    dc: tuple[float, float] | None = None,
+) -> Path:
+    """Registration overlay: per probe, captured vs nominal model vs fitted model (red/green
+    overlays of edges), plus the SLM with the fitted filter footprint and DC position."""
+    plt = _plt()
+    keys = list(captured)
+    cols = 3 + (1 if slm_grey is not None else 0)
+    fig, axes = plt.subplots(len(keys), cols, figsize=(3 * cols, 3 * len(keys)), squeeze=False)
+
+    def norm(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        lo, hi = np.percentile(a, [1, 99])
+        return np.clip((a - lo) / max(hi - lo, 1e-9), 0, 1)
+
+    for i, k in enumerate(keys):
+        cap = norm(captured[k])
+        for j, (name, sim) in enumerate(
+            (("nominal model", simulated_nominal[k]), ("fitted model", simulated_fit[k]))
+        ):
+            rgb = np.stack([cap, norm(sim), np.zeros_like(cap)], -1)
+            axes[i, j].imshow(rgb, interpolation="nearest")
+            axes[i, j].set_title(f"{k}: captured (R) / {name} (G)", fontsize=8)
+        axes[i, 2].imshow(cap, cmap="gray", interpolation="nearest")
+        axes[i, 2].set_title(f"{k}: captured", fontsize=8)
+        if slm_grey is not None:
+            ax = axes[i, 3]
+            if i == 0:
+                ax.imshow(slm_grey, cmap="gray", interpolation="nearest")
+                if footprint is not None:
+                    ax.plot(footprint[:, 1], footprint[:, 0], "c-", lw=1, label="pupil (fit)")
+                if dc is not None:
+                    ax.plot([dc[1]], [dc[0]], "r+", ms=12, label="DC (fit)")
+                ax.legend(fontsize=7)
+                ax.set_title("SLM: fitted footprint", fontsize=8)
+            else:
+                ax.axis("off")
+        for ax in axes[i, :3]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_residuals(
+    path: Path, before: dict[str, np.ndarray], after: dict[str, np.ndarray], sigma: dict
+) -> Path:
+    """Residual maps (captured − model, in noise σ) before (nominal) and after calibration."""
+    plt = _plt()
+    keys = list(before)
+    fig, axes = plt.subplots(2, len(keys), figsize=(2.4 * len(keys), 5), squeeze=False)
+    for j, k in enumerate(keys):
+        for i, (label, d) in enumerate((("before", before[k]), ("after", after[k]))):
+            z = d / np.maximum(sigma[k], 1e-9)
+            lim = max(3.0, float(np.percentile(np.abs(z), 99))) if i == 0 else 3.0
+            im = axes[i, j].imshow(z, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            rms = float(np.sqrt(np.mean(z**2)))
+            axes[i, j].set_title(f"{k} {label}\nRMS {rms:.1f}σ", fontsize=7)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            fig.colorbar(im, ax=axes[i, j], fraction=0.046, pad=0.02)
+    fig.suptitle("residual maps (captured − model) / σ: nominal model vs fitted model")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,671 @@
+"""The guided calibration sequence, in its documented order.
+
+    1. registration  camera ↔ simulation grid and pupil (flat SLM), knife-edge scan for the DC
+                     position on the SLM, SLM placement (edges/discs on the DC, blazed ramps)
+    2. lut           SLM phase response by Fourier phase stepping of the DC (per grey level),
+                     monotone curve with uncertainty
+    3. fit           camera-in-the-loop fit of every mismatch parameter at once (LUT, placement,
+                     Zernike terms, tilt, camera shift/rotation/scale, gain/offset) on all probes,
+                     displayed lenses (phase diversity) and the trained mask; uncertainties from
+                     the Gauss–Newton curvature; noise level from the photon-transfer line
+    4. adapt         decoder fine-tuning on the calibrated model (needs a checkpoint)
+    5. drift         reference probes for later drift checks (alone: check against a bundle)
+
+Why this order: the LUT probe phase-shifts the *unscattered* light, so it needs to know where the
+DC lands on the SLM (registration); the joint fit starts from both, inside the basin of the right
+minimum; adaptation needs the fitted model; the drift reference is the final state.
+
+A step can run alone (``steps=("lut",)``): what it needs comes from the previous bundle
+(``previous``), otherwise its prerequisite steps are run first (and the report says so).
+Devices are used only through the SLM and Camera protocols (:mod:`.capture`), so the sequence
+runs unchanged on a real bench. Progress goes to a :class:`Reporter` (the CLI shows rich bars).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from dmicro_hw.calibration import bundle as B
+from dmicro_hw.calibration import lut as L
+from dmicro_hw.calibration import patterns as P
+from dmicro_hw.calibration import registration as R
+from dmicro_hw.calibration.capture import Capturer, place_target, release_target
+from dmicro_hw.calibration.model_fit import (
+    FitResult,
+    ForwardModel,
+    NoiseModel,
+    Observation,
+    fit,
+    get_params,
+    noise_model,
+    param_specs,
+    set_params,
+)
+
+from dmicro_hw.config import RigConfig
+from dmicro_hw.errors import ConfigError
+from dmicro_hw.optics.system import Mismatch, PhysicalSystem
+
+log = logging.getLogger(__name__)
+
+STEPS = ("registration", "lut", "fit", "adapt", "drift")
+DRIFT_PROBES = ("flat", "edge000", "edge090", "disc_r1.5", "ramp000", "ramp090")
+
+
+class Reporter(Protocol):
+    """Progress sink of the sequence (the CLI implements it with rich)."""
+
+    def step(self, name: str, total: int, description: str) -> None: ...
+    def advance(self, n: int = 1, note: str = "") -> None: ...
+    def note(self, text: str) -> None: ...
+    def done(self, name: str, summary: str) -> None: ...
+
+
+class LogReporter:
+    """Reporter that only logs (tests, benchmarks)."""
+
+    def step(self, name: str, total: int, description: str) -> None:
+        log.info("calibration step %s: %s", name, description)
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        if note:
+            log.debug(note)
+
+    def note(self, text: str) -> None:
+        log.info(text)
+
+    def done(self, name: str, summary: str) -> None:
+        log.info("calibration step %s done: %s", name, summary)
+
+
+@dataclass
+class CalibrationOptions:
+    """Knobs of the sequence (defaults suit the simulated rig and a typical bench).
+
+    Lengths in filter samples are converted to SLM pixels with the nominal pitch ratio.
+    """
+
+    frames_per_pattern: int = 16
+    target_kind: str = "resolution"
+    target_phase_max_rad: float = 2.0
+    target_path: Path | None = None
+    knife_span_samples: float = 6.0
+    knife_step_samples: float = 0.6
+    ramp_period_samples: float = 5.0
+    lens_phase_rad: float = 6.0
+    lut_levels: int = 16
+    fit_max_iter: int = 15
+    adapt_steps: int = 150
+    adapt_batch: int = 8
+    adapt_lr: float = 5e-4
+    seed: int = 0
+
+
+@dataclass
+class CalibrationResult:
+    """What a run produced: the bundle folder (if written), its data and step summaries."""
+
+    out_dir: Path | None
+    data: dict[str, Any]
+    summaries: dict[str, str] = field(default_factory=dict)
+    system: PhysicalSystem | None = None
+    drift: Any = None
+
+
+def resolve_steps(
+    requested: Sequence[str], have_previous: bool, have_checkpoint: bool
+) -> tuple[list[str], list[str]]:
+    """Requested steps in the documented order plus prerequisites; returns (steps, notes)."""
+    req = []
+    for s in requested:
+        s = s.strip().lower()
+        if not s:
+            continue
+        if s not in STEPS:
+            raise ConfigError(f"--steps: unknown step {s!r}; allowed: {', '.join(STEPS)}")
+        req.append(s)
+    if not req:
+        raise ConfigError(f"--steps: no step given; allowed: {', '.join(STEPS)}")
+    steps = set(req)
+    notes = []
+    if steps & {"lut", "fit", "adapt"} and "registration" not in steps and not have_previous:
+        steps.add("registration")
+        notes.append("no previous bundle: running the registration first")
+    if "adapt" in steps and "fit" not in steps and not have_previous:
+        steps.add("fit")
+        notes.append("adapt needs a fitted model: running the fit first")
+    if "adapt" in steps and not have_checkpoint:
+        raise ConfigError(
+            "--steps adapt: needs a trained checkpoint (rig.checkpoint or --checkpoint)"
+        )
+    if steps == {"drift"} and not have_previous:
+        raise ConfigError(
+            "--steps drift: needs a calibration bundle to compare with "
+            "(rig.calibration or --bundle)"
+        )
+    return [s for s in STEPS if s in steps], notes
+
+
+def known_target(rig: RigConfig, options: CalibrationOptions) -> np.ndarray:
+    """The known phase target (N, N) rad: a file (real bench) or a built-in target."""
+    n = rig.optics.field_size
+    if options.target_path is not None:
+        try:
+            t = np.load(options.target_path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"target: cannot read {options.target_path} ({e})") from None
+        if t.shape != (n, n) or not np.all(np.isfinite(t)):
+            raise ConfigError(
+                f"target: {options.target_path} must be a finite ({n}, {n}) phase map (rad)"
+            )
+        return t.astype(np.float32)
+    from dmicro_hw.data.phantoms import phase_target
+
+    return phase_target(n, options.target_kind, options.target_phase_max_rad).astype(np.float32)
+
+
+def _slm_model_cfg(rig: RigConfig):
+    from dmicro_hw.config import SLMModelConfig
+
+    return SLMModelConfig(**{k: getattr(rig.slm, k) for k in SLMModelConfig.model_fields})
+
+
+def new_system(rig: RigConfig, mismatch: Mismatch | None = None) -> PhysicalSystem:
+    return PhysicalSystem(rig.optics, rig.sensor, _slm_model_cfg(rig), mismatch or Mismatch())
+
+
+def extra_read_noise(nm: NoiseModel, rig: RigConfig, cam_gain: float) -> float:
+    """Read noise (e⁻) in excess of the configured one, from the photon-transfer floor."""
+    g = rig.sensor.gain_adu_per_e
+    q = 1.0 / 12
+    pre = (nm.floor - q) / max(cam_gain, 1e-6) ** 2 - q
+    return float(math.sqrt(max(pre / g**2 - rig.sensor.read_noise_e**2, 0.0)))
+
+
+def _dc_sigma(system: PhysicalSystem, res: FitResult) -> tuple[float, float]:
+    """1-σ of the DC position on the SLM from the fit covariance (offset and tilt)."""
+    names = ["slm_offset_y", "slm_offset_x", "tilt_y", "tilt_x"]
+    if not all(n in res.names for n in names):
+        return (
+            res.sigma.get("slm_offset_y", float("nan")),
+            res.sigma.get("slm_offset_x", float("nan")),
+        )
+    idx = [res.names.index(n) for n in names]
+    sd = np.array([res.sigma[n] for n in names])
+    cov = res.correlation[np.ix_(idx, idx)] * np.outer(sd, sd)
+    g = system.slm.geometry
+    with torch.no_grad():
+        m = (g.scale * g.ratio * g._rotation()).numpy()
+    jac = np.hstack([np.eye(2), m])
+    c = jac @ cov @ jac.T
+    return float(math.sqrt(max(c[0, 0], 0))), float(math.sqrt(max(c[1, 1], 0)))
+
+
+class CalibrationRun:
+    """State and steps of one calibration (see the module docstring)."""
+
+    def __init__(
+        self,
+        rig: RigConfig,
+        slm: Any,
+        camera: Any,
+        options: CalibrationOptions | None = None,
+        reporter: Reporter | None = None,
+        previous: B.CalibrationBundle | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        self.rig = rig
+        self.slm, self.camera = slm, camera
+        self.opt = options or CalibrationOptions()
+        self.rep: Reporter = reporter or LogReporter()
+        self.previous = previous
+        self.checkpoint = checkpoint
+        self.capturer = Capturer(
+            slm,
+            camera,
+            rig.sensor.bit_depth,
+            self.opt.frames_per_pattern,
+            on_capture=lambda pid, n: self.rep.advance(1, f"captured {pid}"),
+        )
+        self.shape = tuple(int(x) for x in slm.shape)
+        self.bits = int(rig.slm.bit_depth)
+        self.target = known_target(rig, self.opt)
+        self.targets = {"target": self.target}
+        self.system = new_system(rig, previous.mismatch if previous else None)
+        self.ratio = float(self.system.slm.geometry.ratio)
+        self.obs: dict[str, Observation] = {}
+        self.noise: NoiseModel | None = None
+        self.results: dict[str, dict[str, Any]] = {}
+        self.lut_fit: L.LUTFit | None = None
+        self.joint: FitResult | None = None
+        self.summaries: dict[str, str] = {}
+        self.dc: tuple[float, float] | None = None
+        if previous is not None:
+            self.dc = R.offset_to_dc(self.system)
+
+    # ---------------------------------------------------------------- helpers
+    def capture(self, probes: Sequence[R.Probe]) -> list[Observation]:
+        out = []
+        for p in probes:
+            o = self.capturer.capture(p.pattern_id, p.kind, p.grey, "target", p.meta)
+            self.obs[p.pattern_id] = o
+            out.append(o)
+        return out
+
+    def update_noise(self) -> NoiseModel:
+        """Re-fit the photon-transfer line on all frames so far; re-weight observations."""
+        obs = list(self.obs.values())
+        self.noise = noise_model(
+            [o.mean for o in obs],
+            [o.var for o in obs],
+            [o.valid for o in obs],
+            adc_max=float(2**self.rig.sensor.bit_depth - 1),
+        )
+        for o in obs:
+            o.var = self.noise.variance(o.mean)
+        return self.noise
+
+    def _fit_progress(self, label: str):
+        def cb(it: int, cost: float) -> None:
+            self.rep.advance(1, f"{label}: LM iteration {it + 1}, χ² {cost:.4g}")
+
+        return cb
+
+    # ---------------------------------------------------------------- 1. registration
+    def registration(self) -> None:
+        o = self.opt
+        span = o.knife_span_samples * self.ratio
+        step = o.knife_step_samples * self.ratio
+        knife = R.knife_edge_probes(self.shape, span, step, 2 ** (self.bits - 1))
+        self.rep.step("registration", 1 + len(knife) + 10 + 30, "camera, pupil and SLM placement")
+        flat = self.capture(R.camera_probes(self.shape))
+        self.update_noise()
+        r1 = R.fit_camera_and_pupil(
+            self.system, self.targets, flat, progress=lambda s: self.rep.advance(1, s)
+        )
+        self.results["camera_pupil"] = r1.to_dict()
+        kobs = self.capture(knife)
+        dc = R.locate_dc(kobs)
+        self.results["knife_edge"] = dc
+        self.rep.note(f"knife-edge: DC at ({dc['dy']:+.2f}, {dc['dx']:+.2f}) SLM px")
+        off = R.dc_to_offset(self.system, (dc["dy"], dc["dx"]))
+        set_params(self.system, {"slm_offset_y": off[0], "slm_offset_x": off[1]})
+        probes = R.placement_probes(self.shape, (dc["dy"], dc["dx"]), self.ratio)
+        probes += R.ramp_probes(self.shape, o.ramp_period_samples * self.ratio, self.bits)
+        pobs = self.capture(probes)
+        self.update_noise()
+        r2 = fit(
+            self.system,
+            self.targets,
+            flat + pobs,
+            R.SLM_GEOMETRY_PARAMS + R.LUT_PARAMS + ["cam_gain", "cam_offset"],
+            max_iter=25,
+            bounds=R.BOUNDS,
+            callback=self._fit_progress("placement"),
+        )
+        self.results["placement"] = r2.to_dict()
+        self.dc = R.offset_to_dc(self.system)
+        v = r2.values
+        self.summaries["registration"] = (
+            f"DC on SLM ({self.dc[0]:+.2f}, {self.dc[1]:+.2f}) px, rotation "
+            f"{math.degrees(v['slm_rotation']):+.3f}°, scale {v['slm_scale']:.4f}, "
+            f"χ²/dof {r2.chi2_dof:.2f}"
+        )
+        self.rep.done("registration", self.summaries["registration"])
+
+    # ---------------------------------------------------------------- 2. LUT
+    def lut(self) -> None:
+        assert self.dc is not None
+        probes = L.lut_probes(self.shape, self.dc, 1.5 * self.ratio, self.bits, self.opt.lut_levels)
+        self.rep.step("lut", 2 * len(probes), f"phase response at {len(probes)} grey levels")
+        obs = self.capture(probes)
+        self.update_noise()
+        resp = self.system.slm.response
+        with torch.no_grad():
+            start = [float(resp(torch.tensor(float(o.meta["grey"])))) for o in obs]
+        levels = []
+        for o, s0 in zip(obs, start):
+            levels += L.measure_level_phases(self.system, self.targets, [o], start=[s0])
+            self.rep.advance(1, f"grey {o.meta['grey']}: {levels[-1].phase_rad:.3f} rad")
+        self.lut_fit = L.fit_lut(levels, self.bits, self.rig.slm.phase_range_rad)
+        lf = self.lut_fit
+        set_params(self.system, {"lut_gamma": lf.gamma, "lut_scale": lf.scale})
+        self.results["lut"] = lf.to_dict()
+        self.summaries["lut"] = (
+            f"{lf.method}: γ {lf.gamma:.4f}, scale {lf.scale:.4f}, "
+            f"σ_rms {np.sqrt(np.mean(lf.table_sigma**2)):.4f} rad, χ²/dof {lf.chi2_dof:.2f}"
+        )
+        self.rep.done("lut", self.summaries["lut"])
+
+    # ---------------------------------------------------------------- 3. joint fit
+    def mask_probe(self) -> R.Probe | None:
+        if self.checkpoint is None:
+            return None
+        from dmicro_hw.export import SLMExporter
+        from dmicro_hw.training.checkpoint import learned_filter, load_checkpoint
+
+        ck = load_checkpoint(self.checkpoint)
+        if ck.get("encoder_kind") != "lff":
+            return None
+        h = learned_filter(ck)
+        exp = SLMExporter(self.rig.optics, _slm_model_cfg(self.rig), self.slm_calibration())
+        return R.Probe("mask", "mask", exp.export_array(h), {"checkpoint": str(self.checkpoint)})
+
+    def fit(self) -> None:
+        assert self.dc is not None
+        o = self.opt
+        radius = self.rig.optics.field_size / 2 * self.ratio
+        probes = [
+            R.Probe(
+                f"lens{sgn:+d}",
+                "lens",
+                P.lens(self.shape, sgn * o.lens_phase_rad, radius, self.bits, self.dc),
+                {"phase_at_pupil_rad": sgn * o.lens_phase_rad, "centre": list(self.dc)},
+            )
+            for sgn in (+1, -1)
+        ]
+        mask = self.mask_probe()
+        if mask is not None:
+            probes.append(mask)
+        missing = [p for p in probes if p.pattern_id not in self.obs]
+        need = ["flat", "edge000", "edge090", "edge180", "edge270", "disc_r1.5", "disc_r4"]
+        need += ["ramp000", "ramp090", "ramp180", "ramp270"]
+        if any(k not in self.obs for k in need):  # fit alone: registration probes again
+            dc = self.dc
+            extra = R.camera_probes(self.shape) + R.placement_probes(self.shape, dc, self.ratio)
+            extra += R.ramp_probes(self.shape, o.ramp_period_samples * self.ratio, self.bits)
+            missing += [p for p in extra if p.pattern_id not in self.obs]
+        self.rep.step("fit", len(missing) + o.fit_max_iter, "joint camera-in-the-loop fit")
+        self.capture(missing)
+        self.update_noise()
+        lut_obs = sorted(
+            (x for x in self.obs.values() if x.kind == "lut"), key=lambda x: x.pattern_id
+        )
+        use = [self.obs[k] for k in need if k in self.obs] + lut_obs[1::3]
+        use += [self.obs[p.pattern_id] for p in probes]
+        names = (
+            R.CAMERA_PARAMS
+            + R.TILT_PARAMS
+            + R.zernike_params(self.system)
+            + R.SLM_GEOMETRY_PARAMS
+            + R.LUT_PARAMS
+        )
+        self.joint = fit(
+            self.system,
+            self.targets,
+            use,
+            names,
+            max_iter=o.fit_max_iter,
+            bounds=R.BOUNDS,
+            callback=self._fit_progress("joint fit"),
+        )
+        self.dc = R.offset_to_dc(self.system)
+        j = self.joint
+        self.results["joint"] = j.to_dict()
+        worst = max(j.per_observation.items(), key=lambda kv: kv[1]["rms_noise_units"])
+        self.summaries["fit"] = (
+            f"{len(names)} parameters on {len(use)} patterns, χ²/dof {j.chi2_dof:.2f}, "
+            f"defocus {j.values['z4']:+.4f} ± {j.sigma['z4']:.4f} rad, worst pattern "
+            f"{worst[0]} ({worst[1]['rms_noise_units']:.2f}σ RMS)"
+        )
+        self.rep.done("fit", self.summaries["fit"])
+
+    # ---------------------------------------------------------------- products
+    def lut_table(self) -> tuple[np.ndarray, np.ndarray, str]:
+        """Final LUT: the joint fit's parametric curve when the power law was accepted."""
+        rng = self.rig.slm.phase_range_rad
+        j = self.joint
+        if self.lut_fit is not None and self.lut_fit.method != "parametric":
+            return self.lut_fit.table, self.lut_fit.table_sigma, self.lut_fit.method
+        gm = get_params(self.system, ["lut_gamma", "lut_scale"])
+        table = L.parametric_table(gm["lut_gamma"], gm["lut_scale"], self.bits, rng)
+        if j is not None and "lut_gamma" in j.names:
+            i, k = j.names.index("lut_gamma"), j.names.index("lut_scale")
+            sd = np.array([j.sigma["lut_gamma"], j.sigma["lut_scale"]])
+            cov = j.correlation[np.ix_([i, k], [i, k])] * np.outer(sd, sd)
+        elif self.lut_fit is not None:
+            cov = self.lut_fit.cov
+        else:
+            cov = np.zeros((2, 2))
+        sig = L.parametric_sigma(gm["lut_gamma"], gm["lut_scale"], cov, self.bits, rng)
+        return table, sig, "parametric"
+
+    def slm_calibration(self):
+        """The export's view of the current state (placement at the DC, current LUT)."""
+        from dmicro_hw.export import SLMCalibration
+
+        g = get_params(self.system, ["slm_rotation", "slm_scale"])
+        table, _, _ = self.lut_table()
+        return SLMCalibration(
+            offset_px=self.dc or (0.0, 0.0),
+            rotation_rad=g["slm_rotation"],
+            scale=g["slm_scale"],
+            lut_table=table,
+            rig_id=self.rig.rig_id,
+            wavelength_m=self.rig.optics.wavelength_m,
+        )
+
+    def parameters(self) -> dict[str, dict[str, float]]:
+        """Every parameter with σ (latest fit that estimated it) and unit."""
+        specs = param_specs(self.system)
+        sig: dict[str, float] = {}
+        for key in ("camera_pupil", "placement", "joint"):
+            if key in self.results:
+                sig.update(self.results[key]["sigma"])
+        out = {
+            n: {"value": get_params(self.system, [n])[n], "sigma": sig.get(n), "unit": s.unit}
+            for n, s in specs.items()
+        }
+        if self.dc is not None:
+            sy, sx = _dc_sigma(self.system, self.joint) if self.joint else (None, None)
+            out["dc_on_slm_y"] = {"value": self.dc[0], "sigma": sy, "unit": "SLM px"}
+            out["dc_on_slm_x"] = {"value": self.dc[1], "sigma": sx, "unit": "SLM px"}
+        if self.noise is not None:
+            gain = get_params(self.system, ["cam_gain"])["cam_gain"]
+            out["extra_read_noise_e"] = {
+                "value": extra_read_noise(self.noise, self.rig, gain),
+                "sigma": None,
+                "unit": "e-",
+            }
+        return out
+
+    def mismatch(self) -> Mismatch:
+        m = self.system.mismatch()
+        if self.noise is not None:
+            m.extra_read_noise_e = extra_read_noise(self.noise, self.rig, m.camera_gain)
+        return m
+
+    def bundle_data(self, steps: Sequence[str]) -> dict[str, Any]:
+        table, _, method = self.lut_table()
+        params = self.parameters()
+        cal = self.slm_calibration()
+        dcs = (
+            params.get("dc_on_slm_y", {}).get("sigma"),
+            params.get("dc_on_slm_x", {}).get("sigma"),
+        )
+        return {
+            "rig_id": self.rig.rig_id,
+            "wavelength_m": self.rig.optics.wavelength_m,
+            "frames_sha256": self.capturer.log.sha256(),
+            "n_patterns": len(self.capturer.log),
+            "frames_per_pattern": self.opt.frames_per_pattern,
+            "steps": list(steps),
+            "optics": self.rig.optics.model_dump(mode="json"),
+            "sensor": self.rig.sensor.model_dump(mode="json"),
+            "slm_device": {
+                "pixels": list(self.rig.slm.pixels),
+                "pitch_m": self.rig.slm.pitch_m,
+                "bit_depth": self.rig.slm.bit_depth,
+            },
+            "slm": {
+                **cal.placement(),
+                "offset_px_sigma": list(dcs),
+                "rotation_rad_sigma": params["slm_rotation"]["sigma"],
+                "scale_sigma": params["slm_scale"]["sigma"],
+                "offset_reference": "DC of the illumination on the SLM (physical offset + tilt)",
+                "lut_method": method,
+            },
+            "mismatch": self.mismatch().to_dict(),
+            "parameters": params,
+            "lut": None if self.lut_fit is None else self.lut_fit.to_dict(),
+            "noise": None if self.noise is None else self.noise.to_dict(),
+            "fits": self.results,
+            "summaries": self.summaries,
+            "target": {
+                "kind": self.opt.target_kind if self.opt.target_path is None else "file",
+                "path": None if self.opt.target_path is None else str(self.opt.target_path),
+                "phase_max_rad": self.opt.target_phase_max_rad,
+            },
+            "drift_reference": [k for k in DRIFT_PROBES if k in self.obs],
+            "lut_table_rms_rad": float(np.sqrt(np.mean((table - table[0]) ** 2))),
+        }
+
+    # ---------------------------------------------------------------- plots
+    def plots(self, out: Path) -> list[Path]:
+        paths = []
+        table, sig, method = self.lut_table()
+        points = self.lut_fit.points if self.lut_fit is not None else []
+        paths.append(B.plot_lut(out / "lut.png", table, sig, points, method))
+        keys = [
+            k
+            for k in ("flat", "edge000", "disc_r1.5", "ramp000", "lens+1", "mask")
+            if k in self.obs
+        ]
+        keys += [k for k in sorted(self.obs) if self.obs[k].kind == "lut"][5:6]
+        if not keys:
+            return paths
+        obs = [self.obs[k] for k in keys]
+        nominal = new_system(self.rig)
+        before = ForwardModel(nominal, self.targets, obs).frames().numpy()
+        after = ForwardModel(self.system, self.targets, obs).frames().numpy()
+        cap = {k: o.mean for k, o in zip(keys, obs)}
+        sim0 = dict(zip(keys, before))
+        sim1 = dict(zip(keys, after))
+        geo = self.system.slm.geometry
+        n = self.rig.optics.field_size
+        th = torch.linspace(0, 2 * math.pi, 200, dtype=torch.float64)
+        circle = torch.stack([n // 2 + n / 2 * torch.sin(th), n // 2 + n / 2 * torch.cos(th)], -1)
+        with torch.no_grad():
+            foot = geo.filter_to_slm(circle).numpy()
+        slm_img = self.obs["edge000"].grey if "edge000" in self.obs else None
+        c = np.array([self.shape[0] // 2, self.shape[1] // 2])
+        dc = None if self.dc is None else (self.dc[0] + c[0], self.dc[1] + c[1])
+        reg_keys = keys[:4]
+        paths.append(
+            B.plot_registration(
+                out / "registration.png",
+                {k: cap[k] for k in reg_keys},
+                {k: sim0[k] for k in reg_keys},
+                {k: sim1[k] for k in reg_keys},
+                slm_img,
+                foot,
+                dc,
+            )
+        )
+        sigma = {k: o.sigma_mean for k, o in zip(keys, obs)}
+        paths.append(
+            B.plot_residuals(
+                out / "residuals.png",
+                {k: cap[k] - sim0[k] for k in keys},
+                {k: cap[k] - sim1[k] for k in keys},
+                sigma,
+            )
+        )
+        return paths
+
+
+def run_calibration(
+    rig: RigConfig,
+    slm: Any,
+    camera: Any,
+    steps: Sequence[str] = ("registration", "lut", "fit", "drift"),
+    out_dir: Path | str | None = None,
+    options: CalibrationOptions | None = None,
+    reporter: Reporter | None = None,
+    previous: B.CalibrationBundle | None = None,
+    checkpoint: Path | None = None,
+) -> CalibrationResult:
+    """Run the calibration ``steps`` through the devices and write the bundle to ``out_dir``.
+
+    ``slm`` and ``camera`` are opened devices (SLM/Camera protocols). On a simulated rig the
+    known target is placed into the virtual bench and the bench's sample restored afterwards.
+    Returns the bundle data (and the drift report for a drift-only run).
+    """
+    opts = options or CalibrationOptions()
+    order, notes = resolve_steps(steps, previous is not None, checkpoint is not None)
+    run = CalibrationRun(rig, slm, camera, opts, reporter, previous, checkpoint)
+    for n in notes:
+        run.rep.note(n)
+    t0 = time.monotonic()
+    if order == ["drift"]:
+        from dmicro_hw.calibration.drift import check_drift
+
+        assert previous is not None
+        placed = place_target((slm, camera), run.target)
+        try:
+            rep = check_drift(run, previous)
+        finally:
+            if placed:
+                release_target((slm, camera))
+        return CalibrationResult(None, {}, {"drift": rep.summary()}, run.system, rep)
+    placed = place_target((slm, camera), run.target)
+    if not placed:
+        run.rep.note("real bench: the known phase target must be mounted in the sample plane")
+    try:
+        for s in order:
+            if s == "registration":
+                run.registration()
+            elif s == "lut":
+                run.lut()
+            elif s == "fit":
+                run.fit()
+            elif s == "adapt":
+                pass  # after the bundle exists (below)
+            elif s == "drift":
+                run.rep.step("drift", 1, "drift reference")
+                refs = [k for k in DRIFT_PROBES if k in run.obs]
+                run.summaries["drift"] = f"reference probes recorded: {', '.join(refs) or 'none'}"
+                run.rep.done("drift", run.summaries["drift"])
+    finally:
+        slm.blank()
+        if placed:
+            release_target((slm, camera))
+    data = run.bundle_data(order)
+    data["elapsed_s"] = round(time.monotonic() - t0, 1)
+    out = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        table, sig, _ = run.lut_table()
+        probes = {k: o.grey for k, o in run.obs.items()}
+        B.write_bundle(out, data, table, sig, run.capturer.log, probes, run.target)
+        data["plots"] = [p.name for p in run.plots(out)]
+        if "adapt" in order:
+            from dmicro_hw.calibration.adapt import adapt_checkpoint
+
+            assert checkpoint is not None
+            run.rep.step("adapt", opts.adapt_steps, "decoder fine-tuning on the calibrated model")
+            info = adapt_checkpoint(
+                checkpoint,
+                rig,
+                B.load_bundle(out, rig),
+                out / B.ADAPTED_CHECKPOINT,
+                steps=opts.adapt_steps,
+                batch=opts.adapt_batch,
+                lr=opts.adapt_lr,
+                seed=opts.seed,
+                progress=lambda i, loss: run.rep.advance(1, f"loss {loss:.4f}"),
+            )
+            data["adapt"] = info
+            run.summaries["adapt"] = info.get("summary", "")
+            run.rep.done("adapt", run.summaries["adapt"])
+        data["summaries"] = run.summaries
+        B.write_bundle(out, data, table, sig)
+    return CalibrationResult(out, data, run.summaries, run.system)
