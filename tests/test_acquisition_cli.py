@@ -24,11 +24,7 @@ optics: {{field_size: 64, compression: 16, focal_length_m: 0.0246, magnification
 sensor: {{photons_per_pixel: 10000, exposure_s: 0.0005, gain_adu_per_e: 0.1, offset_adu: 64,
          bit_depth: 12, full_well_e: 40000}}
 slm: {{backend: sim, pixels: [192, 192], bit_depth: 8, settle_time_s: 0.01}}
-camera:
-  backend: sim
-  pixel_format: Mono12
-  fetch_timeout_s: 2.0
-  options: {{paced: true, prefill: true, buffer_frames: 256}}
+camera: {camera}
 trigger: {{backend: {trigger}, rate_hz: 200}}
 bench: {{sample: cells, flow_px_per_frame: 2.0, frame_rate_hz: {rate}}}
 checkpoint: {checkpoint}
@@ -62,6 +58,12 @@ def assets(tmp_path_factory):
     return d
 
 
+SIM_CAMERA = (
+    "{backend: sim, pixel_format: Mono12, fetch_timeout_s: 2.0, "
+    "options: {paced: true, prefill: true, buffer_frames: 256}}"
+)
+
+
 def write_rig(
     d: Path,
     *,
@@ -70,6 +72,7 @@ def write_rig(
     trigger: str = "none",
     mode: str = "free-run",
     rate: float = 500.0,
+    camera: str = SIM_CAMERA,
     name: str = "rig.yaml",
 ) -> Path:
     p = d / name
@@ -80,6 +83,7 @@ def write_rig(
             trigger=trigger,
             mode=mode,
             rate=rate,
+            camera=camera,
             out=str(d / "runs"),
         ),
         encoding="utf-8",
@@ -260,6 +264,53 @@ def test_cli_triggered_over_the_pty_trigger(assets, tmp_path):
     # pulses at 200 Hz: exposures 5 ms apart on the device clock
     dt = np.diff(rec["device_time"]) / r.attrs["timestamp_frequency_hz"]
     assert 0.002 < np.median(dt) < 0.02
+
+
+def _viky():
+    from dmicro_hw.drivers.genicam_camera import bundled_producers
+
+    return next((p for p in bundled_producers() if p.name == "viky.cti"), None)
+
+
+@pytest.mark.skipif(_viky() is None, reason="genicam wheel without viky.cti")
+def test_cli_genicam_viky_through_the_same_pipeline(assets, tmp_path, capsys):
+    """The viky.cti GenTL test camera (Mono8) → ring → store with the same pipeline; its smallest
+    ROI (100×100) cannot feed the 16×16 decoder, which is refused in one line, so --no-recon."""
+    from dmicro_hw.cli import _run, app
+
+    cam = (
+        f"{{backend: genicam, cti: '{_viky()}', device: '0', pixel_format: Mono8, "
+        "width: 100, height: 100, fetch_timeout_s: 2.0}"
+    )
+    rig = rig_for(assets, tmp_path, camera=cam)
+    out = tmp_path / "run5"
+    p = subprocess.run(
+        acquire_cmd("--config", str(rig), "--frames", "24", "--out", str(out), "--no-recon"),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["frames_written"] == 24 and run["camera"]["backend"] == "genicam"
+    assert run["score"] is None and run["errors"] == []
+    r = RunReader(out / "run.zarr")
+    assert r.raw.dtype == np.uint8 and r.frame_shape == (100, 100)
+    assert r.raw_frames().shape == (24, 100, 100)
+    rec = r.records()
+    assert (np.diff(rec["frame_id"]) >= 1).all() and np.isfinite(rec["host_time"]).all()
+    assert (
+        rec["dropped_before"] == np.diff(rec["frame_id"], prepend=rec["frame_id"][0] - 1) - 1
+    ).all()
+    assert r.attrs["pixel_format"] == "Mono8" and r.attrs["bits_per_pixel"] == 8
+    assert not r.has_phase
+
+    code = _run(
+        app, ["acquire", "--config", str(rig), "--frames", "4", "--out", str(tmp_path / "run6")]
+    )
+    err = capsys.readouterr().err
+    assert code == 6 and "decoder expects (16, 16)" in err and "Traceback" not in err
 
 
 def test_pattern_from_another_checkpoint_is_refused_in_one_line(assets, tmp_path, capsys):

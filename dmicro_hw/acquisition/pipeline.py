@@ -296,6 +296,11 @@ class Acquisition:
             self.errors.append(f"camera thread: {type(e).__name__}: {e}")
             self.request_stop("camera error")
         finally:
+            if self._frames_iter is not None and hasattr(self._frames_iter, "close"):
+                try:
+                    self._frames_iter.close()  # run the camera generator's cleanup here
+                except Exception as e:  # noqa: BLE001
+                    log.warning("closing the frame stream failed: %s", e)
             if self.ring is not None:
                 self.ring.close()
 

@@ -17,6 +17,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
         batch: int = typer.Option(32, "--batch", min=1, max=4096, help="frames per batch"),
+        threads: int | None = typer.Option(
+            None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"
+        ),
         force: bool = typer.Option(False, "--force", help="decode every frame again"),
         dask: bool = typer.Option(
             False, "--dask", help="decode Zarr chunks with Dask (if installed; with --force)"
@@ -37,6 +40,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         console = Console()
         with Progress(console=console) as progress:
             task = progress.add_task("decoding", total=None)
