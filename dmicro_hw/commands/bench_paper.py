@@ -1,0 +1,105 @@
+"""``dmicro bench paper``: LFF vs plain intensity, GPC and D2NN (same decoder) at every ratio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    @bench_app.command("paper")
+    def paper(
+        preset: str = typer.Option("quick", "--preset", help="quick (minutes, CPU) | full (hours)"),
+        out: Path = typer.Option(Path("runs/bench-paper"), "--out", "-o", help="output folder"),
+        ratios: str = typer.Option("4,16,64,256", "--ratios", help="compression ratios k²"),
+        methods: str = typer.Option("lff,gpc,plain,d2nn", "--methods", help="encoders"),
+        seed: int = typer.Option(0, "--seed"),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        n_train: int | None = typer.Option(
+            None, "--n-train", min=8, help="override the preset's number of training samples"
+        ),
+    ) -> None:
+        """Train and score every (method, ratio) on held-out synthetic cells, sensor noise on;
+        prints a table, writes bench-paper.json and bench-paper.png."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from dmicro_hw.errors import ConfigError
+        from dmicro_hw.training.paper_bench import (
+            METHODS,
+            PRESETS,
+            RATIOS,
+            parse_list,
+            run_paper_bench,
+        )
+        from dmicro_hw.training.plots import save_bench_figure
+        from dmicro_hw.training.trainer import RichProgress, resolve_device
+
+        console = Console()
+        if preset not in PRESETS:
+            raise ConfigError(f"--preset: must be one of {', '.join(PRESETS)} (got {preset!r})")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device: must be one of auto, cpu, cuda (got {device!r})")
+        ratio_list = parse_list(ratios, RATIOS, "ratios", int)
+        method_list = parse_list(methods, METHODS, "methods", str)
+        resolve_device(device)
+        console.print(
+            f"[bold]dmicro bench paper[/] preset {preset}: methods {', '.join(method_list)} × "
+            f"ratios {', '.join('×' + str(r) for r in ratio_list)}, "
+            f"{PRESETS[preset].field_size}×{PRESETS[preset].field_size} fields, sensor noise on"
+        )
+
+        def progress(label: str):
+            return RichProgress(console, label=label)
+
+        def on_result(row: dict) -> None:
+            console.print(
+                f"  {row['method']:>5} ×{row['ratio']:<3} SSIM {row['ssim']:.4f}  "
+                f"PSNR {row['psnr']:.2f} dB  RMSE {row['rmse_rad']:.4f} rad  "
+                f"({row['train_time_s']:.0f} s)"
+            )
+
+        res = run_paper_bench(
+            preset, ratio_list, method_list, seed, device, n_train, progress, on_result
+        )
+        report = res["report"]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench-paper.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        scores = {(r["method"], r["ratio"]): r["ssim"] for r in report["results"]}
+        fig = save_bench_figure(
+            res["example"], res["recons"], method_list, ratio_list, scores, out / "bench-paper.png"
+        )
+
+        table = Table(
+            title=f"bench paper ({preset}): held-out synthetic cells, "
+            f"{report['n_test']} samples, sensor noise on"
+        )
+        table.add_column("ratio", justify="right")
+        table.add_column("frame", justify="right")
+        table.add_column("method")
+        table.add_column("SSIM ↑", justify="right")
+        table.add_column("PSNR (dB) ↑", justify="right")
+        table.add_column("RMSE (rad) ↓", justify="right")
+        table.add_column("train (s)", justify="right")
+        for ratio in ratio_list:
+            rows = [r for r in report["results"] if r["ratio"] == ratio]
+            best = max(r["ssim"] for r in rows)
+            for i, r in enumerate(rows):
+                style = "bold green" if r["ssim"] == best and len(rows) > 1 else None
+                table.add_row(
+                    f"×{ratio}" if i == 0 else "",
+                    r["frame"] if i == 0 else "",
+                    r["method"].upper(),
+                    f"{r['ssim']:.4f}",
+                    f"{r['psnr']:.2f}",
+                    f"{r['rmse_rad']:.4f}",
+                    f"{r['train_time_s']:.0f}",
+                    style=style,
+                )
+            table.add_section()
+        console.print(table)
+        console.print(f"total {report['total_time_s']:.0f} s on {report['device']}")
+        console.print(f"wrote {out / 'bench-paper.json'} and {fig}")

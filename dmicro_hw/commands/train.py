@@ -1,0 +1,122 @@
+"""``dmicro train``: the three training stages, checkpoints, metrics log and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dmicro_hw.errors import ConfigError
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        config: Path = typer.Option(..., "--config", "-c", help="training config (YAML)"),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", help="output folder (default: out_dir)"
+        ),
+        resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="start afresh even if OUT holds an earlier run"
+        ),
+        device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
+        examples: int = typer.Option(3, "--examples", min=0, max=16, help="example figures"),
+    ) -> None:
+        """Train encoder + decoder (optics → decoder → joint); writes last.pt, best.pt,
+        metrics.jsonl, summary.json, mask.png and reconstructions.png."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from dmicro_hw.config import load_train_config
+        from dmicro_hw.training.trainer import RichProgress, Trainer
+
+        console = Console()
+        if device is not None and device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device: must be one of auto, cpu, cuda (got {device!r})")
+        cfg = load_train_config(config)
+        out_dir = out if out is not None else cfg.out_dir
+        last = out_dir / "last.pt"
+        if not resume and last.exists() and not overwrite:
+            raise ConfigError(
+                f"{out_dir}: already holds a training run (last.pt); pass --resume to continue "
+                "it, --overwrite to start afresh, or choose another --out"
+            )
+        if not resume and overwrite:
+            for name in ("last.pt", "best.pt", "metrics.jsonl", "summary.json"):
+                (out_dir / name).unlink(missing_ok=True)
+
+        trainer = Trainer(cfg, out_dir=out_dir, device=device, progress=None)
+        if resume:
+            trainer.resume()
+        o, e = cfg.optics, cfg.encoder.kind
+        console.print(
+            f"[bold]dmicro train[/] {config} → {out_dir}  encoder [cyan]{e}[/], "
+            f"{o.field_size}×{o.field_size} field, ×{o.compression} "
+            f"({o.field_size // o.binning}×{o.field_size // o.binning} frame), "
+            f"decoder {cfg.decoder.kind}, device {trainer.device}, "
+            f"stages {' → '.join(f'{s.name}×{s.cfg.epochs}' for s in trainer.plan)}"
+        )
+        trainer.progress = RichProgress(console)
+        result = trainer.fit()
+
+        trainer.load_best()
+        test = trainer.evaluate("test", batch_size=16)
+        summary = {
+            "config": str(config),
+            "out_dir": str(out_dir),
+            "encoder": e,
+            "compression": o.compression,
+            "field_size": o.field_size,
+            "epochs": len(result.history),
+            "best_val": result.best,
+            "test": test,
+            "checkpoint": str(
+                trainer.best_path if trainer.best_path.exists() else trainer.last_path
+            ),
+        }
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        figures = _figures(trainer, out_dir, examples)
+
+        table = Table(
+            title=f"test set ({len(trainer.test_set)} held-out samples, sensor noise "
+            f"{'on' if cfg.sensor.noise else 'off'})"
+        )
+        for col in ("SSIM", "PSNR (dB)", "phase RMSE (rad)"):
+            table.add_column(col, justify="right")
+        table.add_row(f"{test['ssim']:.4f}", f"{test['psnr']:.2f}", f"{test['rmse_rad']:.4f}")
+        console.print(table)
+        console.print(f"checkpoint: {summary['checkpoint']}")
+        for f in figures:
+            console.print(f"figure: {f}")
+
+
+def _figures(trainer, out_dir: Path, examples: int) -> list[Path]:
+    import torch
+
+    from dmicro_hw.training.plots import save_mask_png, save_reconstructions_png
+    from dmicro_hw.training.trainer import EVAL_NOISE_SEED, phase_batch
+
+    out: list[Path] = []
+    model = trainer.model.eval()
+    mask = save_mask_png(model.encoder, out_dir / "mask.png")
+    if mask is not None:
+        out.append(mask)
+    n = min(examples, len(trainer.test_set))
+    if n:
+        phase = torch.stack([phase_batch(trainer.test_set[i]) for i in range(n)]).to(trainer.device)
+        gen = torch.Generator(device=trainer.device).manual_seed(EVAL_NOISE_SEED)
+        with torch.no_grad():
+            frame, pred = model(phase, generator=gen)
+        out.append(
+            save_reconstructions_png(
+                phase,
+                frame,
+                model.to_radians(pred),
+                out_dir / "reconstructions.png",
+                title=f"{trainer.cfg.encoder.kind.upper()} ×{trainer.cfg.optics.compression}",
+            )
+        )
+    return out
