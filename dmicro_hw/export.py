@@ -8,7 +8,10 @@
       2. encode             phase-only SLM: ``phase`` mode keeps arg H (amplitude dropped);
                             ``amplitude_phase`` mode encodes |H| by the double-phase checkerboard
                             φ = arg H ± arccos |H| (sign (−1)^(r+c) in absolute SLM pixels)
-      3. wrap               φ mod 2π ∈ [0, 2π)
+      3. wrap               φ mod 2π ∈ [0, 2π), after a global phase ψ (no effect on any image)
+                            that puts the wrap where H has the least phase content — pixel
+                            crosstalk across a wrap (0.05 | 6.23 rad) averages to the opposite
+                            phase, so a filter clustered around 0 must not straddle it
       4. inverse LUT        radians → fractional grey level by inverting the monotone phase table
                             (measured LUT from the calibration, else the rig's ``slm.lut``, else
                             linear over ``slm.phase_range_rad``)
@@ -344,6 +347,14 @@ def lut_table(slm: SLMModelConfig, calibration: SLMCalibration | None = None) ->
     return validate_monotone_table(table, where, err)
 
 
+def resample_lut(table: np.ndarray, bit_depth: int) -> np.ndarray:
+    """A LUT tabulated for one bit depth, interpolated to ``2**bit_depth`` levels (same curve
+    over the same fraction of the grey range)."""
+    t = np.asarray(table, dtype=np.float64)
+    levels = 2**bit_depth
+    return np.interp(np.arange(levels) / levels, np.arange(len(t)) / len(t), t)
+
+
 def validate_monotone_table(
     table: np.ndarray, where: str = "LUT", err: type[Exception] = CheckpointError
 ) -> np.ndarray:
@@ -402,7 +413,7 @@ def resample_to_slm(
     return sample_image(h, coords.to(torch.float32), mode=sampling).to(torch.complex64)
 
 
-def _safe_polar_parts(z: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+def safe_polar_parts(z: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
     """(|z|, arg z) with finite gradients everywhere (arg 0 := 0)."""
     re, im = z.real, z.imag
     r2 = re * re + im * im
@@ -446,7 +457,7 @@ def encode_phase_only(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    amp, phase = _safe_polar_parts(field_slm)
+    amp, phase = safe_polar_parts(field_slm)
     if mode == "phase":
         return phase
     # arccos has an infinite slope at 1: clamp just below it so the gradient stays finite.
@@ -522,6 +533,43 @@ def pattern_array(grey: torch.Tensor, bit_depth: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def seam_phase_offset(
+    filter_centred: torch.Tensor, lut_range_rad: float = TWO_PI, bins: int = 90
+) -> float:
+    """Global phase ψ (radians) that puts the 0/2π wrap of arg(H·e^{iψ}) where H has the least
+    phase content.
+
+    A global phase changes no image, but it decides where the SLM's phase wraps: neighbouring
+    pixels on either side of a wrap (e.g. 0.05 and 6.23 rad) are averaged by pixel crosstalk
+    (fringing) into the opposite phase, and phases in the LUT's gap [range, 2π) cannot be shown.
+    ψ maps the emptiest window of the amplitude-weighted phase histogram (width: the LUT gap, at
+    least one bin; histogram blurred over 1/8 turn so the window is far from any content) onto
+    the middle of [range, 2π]. A filter whose phase clusters around 0 — a mild learned
+    filter — otherwise straddles the wrap everywhere.
+    """
+    with torch.no_grad():
+        amp, phase = safe_polar_parts(filter_centred.detach().to(torch.complex64).cpu())
+        w = amp.flatten().double()
+        if float(w.sum()) <= 0:
+            return 0.0
+        idx = (wrap_phase(phase).flatten() / TWO_PI * bins).long().clamp(0, bins - 1)
+        hist = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, w)
+        top = min(float(lut_range_rad), TWO_PI)
+        width = max(1, int(math.ceil((TWO_PI - top) / TWO_PI * bins)))
+        # circular blur (σ = 1/8 turn): among empty stretches, prefer the one farthest from
+        # any content
+        k = torch.arange(bins, dtype=torch.float64)
+        dist = torch.remainder(k[:, None] - k[None, :], bins)
+        dist = torch.minimum(dist, bins - dist)
+        density = torch.exp(-0.5 * (dist / (bins / 8)) ** 2) @ hist
+        ext = torch.cat([density, density[:width]])
+        sums = torch.stack([ext[i : i + width].sum() for i in range(bins)])
+        start = int(torch.argmin(sums))  # the emptiest window starts at bin `start`
+        # the window [start, start + width) bins goes to [top, top + width·2π/bins) ≈ the gap
+        centre_gap = (start + width / 2) * TWO_PI / bins
+    return float(math.remainder((top + TWO_PI) / 2 - centre_gap, TWO_PI))
+
+
 def filter_window(geometry: SLMGeometry, margin_px: int = 2) -> tuple[tuple[int, int], ...]:
     """Rows and columns (start, stop) of the SLM window the filter grid covers (+ margin)."""
     n = geometry.field_size
@@ -578,6 +626,9 @@ class SLMExporter(nn.Module):
         sampling: ``nearest`` (default) or ``bilinear`` resampling of the filter.
         window: compute on the filter's SLM window only.
         supersample: SLMModel sub-samples per filter sample and axis (default ceil(p_f/p_s)).
+        phase_offset: global phase added to H before export (changes no image): ``"auto"``
+            (:func:`seam_phase_offset`, keeps the phase wrap where H has least content) or
+            radians.
     """
 
     def __init__(
@@ -589,9 +640,12 @@ class SLMExporter(nn.Module):
         sampling: Sampling = "nearest",
         window: bool = False,
         supersample: int | None = None,
+        phase_offset: float | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         self.optics, self.slm_cfg, self.calibration = optics, slm, calibration
+        self.phase_offset = phase_offset
+        self.last_phase_offset = 0.0
         self.mode: Mode = mode or slm.mode
         if self.mode not in MODES:
             raise ConfigError(f"slm.mode: must be one of {MODES}, got {self.mode!r}")
@@ -657,19 +711,34 @@ class SLMExporter(nn.Module):
         """SLM pixels per filter sample (p_f / p_s)."""
         return self.full_geometry.ratio
 
-    def pattern(self, filter_centred: torch.Tensor, ste: bool = True) -> torch.Tensor:
-        """Centred filter (N, N) complex → grey levels (R, C) float32 (integer-valued)."""
+    def pattern(
+        self, filter_centred: torch.Tensor, ste: bool = True, rounding: bool = True
+    ) -> torch.Tensor:
+        """Centred filter (N, N) complex → grey levels (R, C) float32 (integer-valued).
+
+        ``rounding=False`` skips the quantisation (fractional grey levels: the limit of an
+        infinitely deep SLM, for benchmarks).
+        """
         n = self.optics.field_size
         if tuple(filter_centred.shape[-2:]) != (n, n):
             raise ConfigError(
                 f"optics.field_size: filter is {tuple(filter_centred.shape)}, the optics "
                 f"describe a {n}×{n} field"
             )
+        psi = self.phase_offset
+        if psi == "auto":
+            psi = seam_phase_offset(filter_centred, float(self.table[-1] - self.table[0]))
+        self.last_phase_offset = float(psi)
+        if psi:
+            rot = torch.polar(torch.ones((), dtype=torch.float32), torch.tensor(float(psi)))
+            filter_centred = filter_centred * rot.to(filter_centred.device)
         field_slm = resample_to_slm(filter_centred, self.coords, self.sampling)
         phase = encode_phase_only(
             field_slm, self.mode, (self.rows[0], self.cols[0]), self.pair_range
         )
         grey = inverse_lut(wrap_phase(phase), self.table)
+        if not rounding:
+            return grey
         return quantise(grey, self.bit_depth, ste=ste)
 
     def realise(self, grey: torch.Tensor) -> torch.Tensor:
@@ -949,7 +1018,7 @@ def export_filter(
         realised = ex.realise(torch.from_numpy(grey.astype(np.float32)))
     pupil = ex.pupil
     if ex.mode == "phase":
-        _, ph = _safe_polar_parts(h)
+        _, ph = safe_polar_parts(h)
         target = torch.polar(torch.ones_like(ph), ph) * pupil
     else:
         target = h * pupil
@@ -989,6 +1058,7 @@ def export_filter(
             round(ex.checkerboard_gain, 6) if ex.mode == "amplitude_phase" else None
         ),
         "sampling": sampling,
+        "phase_offset_rad": round(ex.last_phase_offset, 9),
         "wavelength_m": rig.optics.wavelength_m,
         "slm_pitch_m": rig.slm.pitch_m,
         "fourier_pitch_m": rig.optics.fourier_pitch_m,

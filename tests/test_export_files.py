@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -221,3 +222,21 @@ def test_cli_export_show_and_clear_errors(trained, tmp_path, capsys, monkeypatch
     msg = fails(str(trained), "-c", "rig.yaml", "--calibration", "cal")
     assert "calibration is for rig 'bench-B'" in msg
     assert "not found" in fails(str(tmp_path / "missing.pt"), "-c", "rig.yaml")
+
+
+def test_bench_export_table_and_json(trained, tmp_path, monkeypatch):
+    from dmicro_hw.cli import _run, app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rig.yaml").write_text(TINY_RIG.replace("BITS", "8"))
+    argv = ["bench", "export", "--checkpoint", str(trained), "-c", "rig.yaml", "--bits", "6,8",
+            "--n-test", "4", "--out", "b"]  # fmt: skip
+    assert _run(app, argv) == 0
+    res = json.loads((tmp_path / "b" / "bench_export.json").read_text())
+    rows = res["rows"]
+    assert [(r["mode"], r["bits"]) for r in rows] == [(None, None)] + [
+        (m, b) for m in ("phase", "amplitude_phase") for b in (None, 6, 8)
+    ]
+    assert rows[0]["delta_psnr_db"] == 0.0
+    assert all(r["corr_trained"] > 0.98 and math.isfinite(r["psnr_db"]) for r in rows)
+    assert res["test_samples"] == 4 and res["slm"]["pixels"] == [128, 160]

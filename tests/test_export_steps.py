@@ -26,6 +26,7 @@ from dmicro_hw.export import (
     pattern_array,
     quantise,
     resample_to_slm,
+    seam_phase_offset,
     slm_pixel_coords,
     training_filter_transform,
     wrap_phase,
@@ -273,3 +274,44 @@ def test_load_slm_calibration_section_lut_and_mismatch_fallback(tmp_path):
         load_slm_calibration(m)
     with pytest.raises(CheckpointError, match="no calibration.json"):
         load_slm_calibration(tmp_path / "missing")
+
+
+def test_fringing_guard_keeps_double_phase_pairs_unwrapped():
+    """With crosstalk, a ± pair split across the 0/2π wrap would average to the opposite phase."""
+    slm = SLM.model_copy(update={"fringing_px": 0.5})
+    # phase_offset=0: keep arg H = 0.2 next to the wrap (the global offset would move it away)
+    ex = SLMExporter(OPTICS, slm, mode="amplitude_phase", window=True, phase_offset=0.0)
+    assert ex.checkerboard_gain < 0.5 and ex.pair_range is not None
+    pupil = pupil_mask(32)
+    h = torch.polar(torch.full((32, 32), 0.7), torch.full((32, 32), 0.2)) * pupil
+    guarded = ex(h)[16, 16]
+    assert abs(float(guarded.angle()) - 0.2) < 0.1
+    field = resample_to_slm(h, ex.coords)
+    naive = encode_phase_only(field, "amplitude_phase", (ex.rows[0], ex.cols[0]))
+    flipped = ex.realise(quantise(inverse_lut(wrap_phase(naive), ex.table), 8))[16, 16]
+    assert abs(abs(float(flipped.angle()) - 0.2) - math.pi) < 0.3  # what the guard prevents
+    # without fringing the pairs wrap freely (full amplitude range)
+    assert SLMExporter(OPTICS, SLM, mode="amplitude_phase").pair_range is None
+
+
+def test_seam_offset_moves_the_phase_wrap_away_from_a_filter_clustered_at_zero():
+    """A mild learned filter (phase ≈ 0 ± 0.2) must not straddle the SLM's 0/2π wrap."""
+    g = torch.Generator().manual_seed(4)
+    pupil = pupil_mask(32)
+    h = torch.polar(torch.ones(32, 32), 0.2 * torch.randn(32, 32, generator=g)) * pupil
+    psi = seam_phase_offset(h)
+    shifted = wrap_phase((h * torch.polar(torch.ones(()), torch.tensor(psi))).angle())[pupil > 0]
+    assert float(shifted.min()) > 1.0 and float(shifted.max()) < TWO_PI - 1.0
+    # a LUT that reaches only 1.5π: the phases land inside its range
+    short = seam_phase_offset(h, 1.5 * math.pi)
+    inside = wrap_phase((h * torch.polar(torch.ones(()), torch.tensor(short))).angle())
+    assert float(inside[pupil > 0].max()) < 1.5 * math.pi
+    # with crosstalk the offset is what keeps the realised filter right
+    slm = SLM.model_copy(update={"fringing_px": 0.5})
+    auto = SLMExporter(OPTICS, slm, window=True)
+    none = SLMExporter(OPTICS, slm, window=True, phase_offset=0.0)
+    c_auto = filter_correlation(auto(h), h, pupil)
+    c_none = filter_correlation(none(h), h, pupil)
+    assert c_auto > 0.99 and c_auto > c_none + 0.02
+    top = float(auto.table[-1] - auto.table[0])
+    assert auto.last_phase_offset == pytest.approx(seam_phase_offset(h, top))
