@@ -68,6 +68,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             f"{side['wavelength_m'] * 1e9:.1f} nm)",
         )
         t.add_row("placement", str(side["placement"]))
+        t.add_row("global phase ψ", f"{side['phase_offset_rad']:+.3f} rad (keeps the wrap off H)")
         t.add_row("LUT", side["lut"]["source"])
         t.add_row(
             "realised filter",
