@@ -1,6 +1,6 @@
 """``dmicro bench export``: reconstruction quality of the float filter vs its exported pattern.
 
-For a trained LFF model (``--checkpoint``, or a small one trained here in about a minute), the
+For a trained LFF model (``--checkpoint``, or a small one trained here in a few minutes), the
 learned filter is exported for the rig's SLM at several bit depths (default 6, 8, 10, 12) in the
 ``phase`` and ``amplitude_phase`` modes; the SLM model realises each pattern (LUT, fringing, fill
 factor, area average, pupil) and the *checkpoint's own decoder* reconstructs held-out synthetic
@@ -27,7 +27,7 @@ DEFAULT_BITS = "6,8,10,12"
 
 
 def _quick_train_config(seed: int):
-    """A small LFF model: 64×64 cells, ×16 compression, U-Net decoder (≈1 min on 2 cores)."""
+    """A small LFF model: 64×64 cells, ×16 compression, U-Net (≈4 min, 2 CPU cores)."""
     from dmicro_hw.config import TrainConfig
 
     return TrainConfig.model_validate(
