@@ -105,3 +105,21 @@ def test_assets_cross_checks(setup, tmp_path):
     shutil.copy(ck, adapted)
     a = load_assets(_rig(rig, checkpoint=adapted, calibration=cal))
     assert (a.camera_gain, a.camera_offset_adu) == (1.0, 0.0)
+
+
+def test_shipped_sim_rig_assets_belong_together():
+    """configs/sim-rig.yaml names a checkpoint and a pattern exported from it, for this rig."""
+    from pathlib import Path
+
+    from dmicro_hw.config import load_rig_config
+    from dmicro_hw.training.checkpoint import checkpoint_config
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "sim-rig.yaml"
+    rig = load_rig_config(cfg)
+    assert rig.checkpoint is not None and Path(rig.checkpoint).is_file()
+    a = load_assets(rig)
+    assert a.pattern is not None and a.pattern.grey.shape == tuple(rig.slm.pixels)
+    assert a.pattern.sidecar["sha256"]["checkpoint"] == a.checkpoint_sha256
+    assert Path(rig.checkpoint).stat().st_size < 8 * 1024**2  # "a few MB at most"
+    t = checkpoint_config(rig.checkpoint)
+    assert t.optics == rig.optics and t.sensor == rig.sensor

@@ -33,6 +33,16 @@ acquisition: {{mode: {mode}, chunk_frames: 8, ring_frames: 64, recon_batch: 4, o
 """
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """In-process commands set torch's (process-wide) thread count: give pytest its own back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """An (untrained, tiny) checkpoint for the test rig and its exported pattern."""
@@ -235,7 +245,7 @@ def test_cli_sigkill_leaves_readable_store_that_reconstruct_completes(assets, tm
     assert np.isfinite(r.phase(0, k)[st == RECON_OK]).all()
 
     # offline decoding completes the interrupted run (same decoder as live)
-    assert _run(app, ["reconstruct", str(out), "--no-score"]) == 0
+    assert _run(app, ["reconstruct", str(out), "--no-score", "--threads", "1"]) == 0
     r = RunReader(out / "run.zarr")
     assert r.phase_committed == n and (r.recon_status() == RECON_OK).all()
     assert np.isfinite(r.phase()).all()

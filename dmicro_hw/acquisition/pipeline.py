@@ -145,6 +145,7 @@ class Acquisition:
         self.received = 0
         self.camera_dropped = 0
         self._last_fid: int | None = None
+        self._dev_first = self._dev_last = (0, 0.0)  # (device timestamp, ticks per second)
         self._recent: deque[tuple[float, int]] = deque(maxlen=64)
         self._state = "starting"
         self._first: Frame | None = None
@@ -265,8 +266,10 @@ class Acquisition:
         self.ring.put(frame, index, timeout=self.opt.put_timeout_s)
         self.received += 1
         now = time.perf_counter()
+        self._dev_last = (int(frame.device_timestamp), float(frame.timestamp_frequency_hz))
         if self.received == 1:
             self._t_first = now
+            self._dev_first = self._dev_last
         self._t_last = now
         self._recent.append((now, self.received))
 
@@ -398,6 +401,14 @@ class Acquisition:
         (t0, n0), (t1, n1) = r[0], r[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
+    def _device_fps(self) -> float | None:
+        """Frames stored per second of *device* time (first → last frame's timestamp): the
+        sustained capture rate, independent of host-side bursts. None without timestamps."""
+        (t0, f0), (t1, f1) = self._dev_first, self._dev_last
+        if self.received < 2 or f1 <= 0 or f0 != f1 or t1 <= t0:
+            return None
+        return round((self.received - 1) * f1 / (t1 - t0), 2)
+
     def snapshot(self) -> Snapshot:
         s = Snapshot(
             elapsed_s=time.perf_counter() - self._t_start if self._t_start else 0.0,
@@ -442,6 +453,7 @@ class Acquisition:
             "producer_wait_s": round(ring.put_wait_s, 4) if ring else 0.0,
             "elapsed_s": round((t_stop or time.perf_counter()) - self._t_start, 4),
             "mean_fps": round((self.received - 1) / span, 2) if span > 0 else None,
+            "device_fps": self._device_fps(),
             "writer": {
                 "commits": self.writer._raw.commits if self.writer else 0,
                 "write_s": round(self.writer.write_seconds, 4) if self.writer else 0.0,

@@ -98,6 +98,7 @@ class Reconstructor:
         self._pinned_out = None
         self._stream = None
         if self.device == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed frame size: pick the fastest kernels
             h, w = self.input_shape
             n = self.field_size
             self._pinned_in = torch.empty((self.max_batch, h, w), dtype=torch.float32).pin_memory()

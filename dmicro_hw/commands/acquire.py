@@ -19,10 +19,11 @@ import typer
 def _status_text(s: Any) -> str:
     p50 = "–" if s.decode_p50_ms is None else f"{s.decode_p50_ms:.0f}"
     p99 = "–" if s.decode_p99_ms is None else f"{s.decode_p99_ms:.0f}"
+    state = "" if s.state == "running" else f"{s.state} · "
     return (
-        f"{s.state} · {s.fps:6.1f} fps · written {s.written} · dropped "
-        f"{s.camera_dropped + s.ring_dropped} · queue {s.queue_writer}/{s.queue_recon} · "
-        f"decoded {s.decoded} (skipped {s.recon_skipped}) · latency p50/p99 {p50}/{p99} ms"
+        f"{state}{s.fps:5.0f} fps · drop {s.camera_dropped + s.ring_dropped} · "
+        f"queue {s.queue_writer}/{s.queue_recon} · decoded {s.decoded} "
+        f"(skip {s.recon_skipped}) · p50/p99 {p50}/{p99} ms"
     )
 
 
@@ -143,7 +144,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             ) as session:
                 console.print(f"[bold]dmicro acquire[/] rig {rig.rig_id!r} → {session.out_dir}")
                 session.prepare()
-                if preview and session.reconstructor is not None:
+                if (preview or rig.acquisition.preview) and session.reconstructor is not None:
                     if os.environ.get("DISPLAY"):
                         prev = _Preview(session.reconstructor.phase_max_rad)
                         session.on_phase = prev.push
