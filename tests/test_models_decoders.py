@@ -44,8 +44,15 @@ def test_shapes_every_binning(cfg: DecoderConfig, k: int) -> None:
 @pytest.mark.parametrize("cfg", [UNET, SWIN, SWIN_PS], ids=["unet", "swinir", "swinir-ps"])
 def test_gradients_reach_every_parameter(cfg: DecoderConfig) -> None:
     model = build_decoder(cfg, 4)
+    target = torch.rand(2, 32, 32)
     x = torch.rand(2, 8, 8, requires_grad=True)
-    model(x).square().mean().backward()
+    # one step first: zero-initialised residual branches pass no gradient before it
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.nn.functional.mse_loss(model(x), target).backward()
+    opt.step()
+    opt.zero_grad()
+    x.grad = None
+    torch.nn.functional.mse_loss(model(x), target).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
