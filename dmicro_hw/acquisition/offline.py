@@ -199,7 +199,9 @@ def _montage_png(
     k = len(images)
     cols = int(math.ceil(math.sqrt(k)))
     rows = int(math.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.2 * cols + 1, 2.2 * rows + 0.5), squeeze=False, layout="constrained"
+    )
     im = None
     for ax in axes.ravel():
         ax.axis("off")
