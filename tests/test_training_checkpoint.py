@@ -176,3 +176,22 @@ def test_weights_not_matching_config(saved, tmp_path):
     torch.save(ck, bad)
     with pytest.raises(CheckpointError, match="stored config is not valid"):
         build_model_from_checkpoint(bad)
+
+
+def test_hardware_aware_checkpoint_roundtrip(tmp_path):
+    """encoder.hardware_aware: the SLM/export transform is rebuilt from the config on load."""
+    data = tiny_cfg().model_dump(mode="json")
+    data["encoder"]["hardware_aware"] = True
+    data["slm"] = {"pixels": [96, 96], "pitch_m": 100e-6}  # covers the 32×32 filter window
+    cfg = TrainConfig.model_validate(data)
+    torch.manual_seed(0)
+    model = DMicroModel.from_config(cfg)
+    assert model.encoder.filter_transform is not None
+    path = save_checkpoint(tmp_path / "hw.pt", model, cfg)
+    model2, cfg2 = build_model_from_checkpoint(path)
+    assert cfg2.encoder.hardware_aware and model2.encoder.filter_transform is not None
+    phase = torch.rand(1, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(phase)[1], model2(phase)[1])
+    assert learned_filter(path).shape == (32, 32)

@@ -84,7 +84,7 @@ def test_resume_refuses_other_config(tmp_path):
 
 
 def _dmicro(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", "from dmicro_hw.cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from dmicro_hw.cli import main; main()", *args, "--threads", "1"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
@@ -97,7 +97,7 @@ def test_cli_train(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
-    r = _dmicro("train", "--config", str(path), "--out", str(out), cwd=tmp_path)
+    r = _dmicro("train", "--config", str(path), "--out", str(out), "--examples", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     for name in (
         "last.pt",
@@ -117,7 +117,17 @@ def test_cli_train(tmp_path):
     r = _dmicro("train", "--config", str(path), "--out", str(out), cwd=tmp_path)
     assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
     # --resume of a finished run re-evaluates and exits cleanly
-    r = _dmicro("train", "--config", str(path), "--out", str(out), "--resume", cwd=tmp_path)
+    r = _dmicro(
+        "train",
+        "--config",
+        str(path),
+        "--out",
+        str(out),
+        "--resume",
+        "--examples",
+        "0",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
 
     # config errors: one line naming the key, exit code 2, no traceback

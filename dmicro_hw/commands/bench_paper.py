@@ -19,6 +19,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         n_train: int | None = typer.Option(
             None, "--n-train", min=8, help="override the preset's number of training samples"
         ),
+        threads: int = typer.Option(
+            0, "--threads", min=0, help="torch CPU threads (0: torch's default, one per core)"
+        ),
     ) -> None:
         """Train and score every (method, ratio) on held-out synthetic cells, sensor noise on;
         prints a table, writes bench-paper.json and bench-paper.png."""
@@ -39,6 +42,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.training.trainer import RichProgress, resolve_device
 
         console = Console()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         if preset not in PRESETS:
             raise ConfigError(f"--preset: must be one of {', '.join(PRESETS)} (got {preset!r})")
         if device not in ("auto", "cpu", "cuda"):

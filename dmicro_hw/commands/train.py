@@ -22,6 +22,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
         device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
         examples: int = typer.Option(3, "--examples", min=0, max=16, help="example figures"),
+        threads: int = typer.Option(
+            0, "--threads", min=0, help="torch CPU threads (0: torch's default, one per core)"
+        ),
     ) -> None:
         """Train encoder + decoder (optics → decoder → joint); writes last.pt, best.pt,
         metrics.jsonl, summary.json, mask.png and reconstructions.png."""
@@ -34,6 +37,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.training.trainer import RichProgress, Trainer
 
         console = Console()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         if device is not None and device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device: must be one of auto, cpu, cuda (got {device!r})")
         cfg = load_train_config(config)

@@ -56,10 +56,11 @@ PRESETS: dict[str, Preset] = {
         n_val=32,
         n_test=48,
         decoder=DecoderConfig(kind="unet", base_channels=16, depth=3),
-        optics_epochs=3,
+        optics_epochs=8,  # optics steps are cheap (no decoder): more of them
         decoder_epochs=6,
         joint_epochs=2,
-        batch_size=16,
+        batch_size=8,  # more, cheaper updates: the decoder is the bottleneck at this budget
+        lr_optics=5e-2,
     ),
     "full": Preset(
         field_size=256,

@@ -33,10 +33,12 @@ from dmicro_hw.training.checkpoint import checkpoint_config, load_checkpoint, sa
 from dmicro_hw.training.model import DMicroModel
 from dmicro_hw.training.stages import (
     PlannedStage,
+    affine_fit,
     optics_loss,
     plan_stages,
     reconstruction_loss,
     set_trainable,
+    upsample_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,20 @@ def resolve_device(device: str | None) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' requested but no CUDA device is available")
     return torch.device(device)
+
+
+def lr_schedule(total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """LR factor per step: linear warm-up (a fresh Adam's first steps are full-size for every
+    parameter, which knocks a trained decoder off its optimum), then cosine decay to 5 %."""
+    warmup = max(1, min(steps_per_epoch, total_steps // 10))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(step - warmup, total_steps - warmup) / max(1, total_steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
 
 
 def derived_seed(*parts: int) -> int:
@@ -171,7 +187,8 @@ class RichProgress(ProgressHook):
         desc = self.progress.tasks[self.task].description
         extra = ""
         if record.get("val_ssim") is not None:
-            extra = f"  val SSIM {record['val_ssim']:.3f} PSNR {record['val_psnr']:.1f} dB"
+            what = "linear read-out" if record.get("val_readout") == "linear" else "val"
+            extra = f"  {what} SSIM {record['val_ssim']:.3f} PSNR {record['val_psnr']:.1f} dB"
         self.progress.update(self.task, description=desc + extra)
 
     def close(self) -> None:
@@ -191,22 +208,29 @@ def evaluate(
     batch_size: int = 16,
     noise_seed: int = EVAL_NOISE_SEED,
     stage: PlannedStage | None = None,
-    max_batches: int | None = None,
+    readout: str = "decoder",
 ) -> dict[str, float]:
     """Mean PSNR (dB), SSIM (normalised phase), phase RMSE (rad) over ``dataset``, with the
-    sensor noise drawn from a fixed seed; with ``stage`` also that stage's loss (``loss``)."""
+    sensor noise drawn from a fixed seed; with ``stage`` also that stage's loss (``loss``).
+
+    ``readout="decoder"`` scores the decoder's reconstruction; ``readout="linear"`` scores the
+    optics alone: the best per-image affine map of the upsampled frame (the optics-stage
+    read-out, no decoder involved).
+    """
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(noise_seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     sums = {"psnr": 0.0, "ssim": 0.0, "rmse_rad": 0.0, "loss": 0.0}
     n = 0
-    for b, batch in enumerate(loader):
-        if max_batches is not None and b >= max_batches:
-            break
+    for batch in loader:
         phase = phase_batch(batch).to(device)
         target = model.normalised_target(phase)
-        frame, pred = model(phase, generator=gen)
+        if readout == "linear":
+            frame = model.encode(phase, gen)
+            pred = affine_fit(upsample_frame(frame, target.shape[-1]), target)
+        else:
+            frame, pred = model(phase, generator=gen)
         m = len(phase)
         sums["psnr"] += float(M.psnr(pred, target).sum())
         sums["ssim"] += float(M.ssim(pred, target).sum())
@@ -385,18 +409,16 @@ class Trainer:
         opt = torch.optim.Adam(params, lr=st.lr)
         loader_len = math.ceil(len(self.train_set) / st.batch_size)
         total_steps = max(1, st.epochs * loader_len)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda s: (
-                0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-            ),
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(total_steps, loader_len))
         if self._opt_state is not None:
             opt.load_state_dict(self._opt_state)
             sched.load_state_dict(self._sched_state)
         if stage.trains_decoder and not self.calibrated and self._epoch == 0:
             self._calibrate_input(stage)
 
+        # the optics stage is scored by the optics alone (linear read-out), later stages by
+        # the decoder's reconstruction
+        readout = "decoder" if stage.trains_decoder else "linear"
         while self._epoch < st.epochs:
             if stop_after is not None and done_here >= stop_after:
                 return False, done_here
@@ -410,6 +432,7 @@ class Trainer:
                 self.device,
                 batch_size=max(st.batch_size, 16),
                 stage=stage,
+                readout=readout,
             )
             record = {
                 "stage": stage.name,
@@ -422,11 +445,12 @@ class Trainer:
                 "val_psnr": val["psnr"],
                 "val_ssim": val["ssim"],
                 "val_rmse_rad": val["rmse_rad"],
+                "val_readout": readout,
                 "lr": opt.param_groups[0]["lr"],
                 "time_s": time.perf_counter() - t0,
             }
             self.history.append(record)
-            metrics = {k[4:]: v for k, v in record.items() if k.startswith("val_")}
+            metrics = {k: val[k] for k in ("loss", "psnr", "ssim", "rmse_rad")}
             if stage.trains_decoder and val["ssim"] > self.best_score:
                 self.best_score = val["ssim"]
                 self.best_metrics = metrics
