@@ -112,7 +112,7 @@ def test_shipped_sim_rig_assets_belong_together():
     from pathlib import Path
 
     from dmicro_hw.config import load_rig_config
-    from dmicro_hw.training.checkpoint import checkpoint_config
+    from dmicro_hw.training.checkpoint import build_model_from_checkpoint, checkpoint_config
 
     cfg = Path(__file__).resolve().parents[1] / "configs" / "sim-rig.yaml"
     rig = load_rig_config(cfg)
@@ -123,3 +123,5 @@ def test_shipped_sim_rig_assets_belong_together():
     assert Path(rig.checkpoint).stat().st_size < 8 * 1024**2  # "a few MB at most"
     t = checkpoint_config(rig.checkpoint)
     assert t.optics == rig.optics and t.sensor == rig.sensor
+    # the weights still fit the decoder architecture (re-make with scripts/make-sim-assets.sh)
+    build_model_from_checkpoint(rig.checkpoint)

@@ -162,6 +162,18 @@ def test_devices_check_reports_and_fails_with_exit_code(tmp_path: Path) -> None:
     assert proc.returncode == 3 and "camera.device 'nope' not found" in proc.stdout
 
 
+def test_rig_example_without_its_hardware_fails_each_device_by_name() -> None:
+    """configs/rig-example.yaml on a machine without that bench: one FAIL row per device,
+    each naming the config key and what is missing, exit 3 (no traceback)."""
+    example = Path(__file__).resolve().parents[1] / "configs" / "rig-example.yaml"
+    proc = run_cli("devices", "check", "--config", str(example))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "camera.cti: GenTL producer not found: /opt/vendor/lib/producer.cti" in out
+    assert "trigger.port /dev/ttyUSB0: cannot open serial port" in out
+    assert "Traceback" not in proc.stderr
+
+
 def test_unknown_backend_message_lists_allowed() -> None:
     with pytest.raises(
         ConfigError, match="camera.backend: unknown backend 'x'; available: .*genicam"
