@@ -28,7 +28,7 @@ each filter sample the *area average* of the SLM reflectance over the sample's f
 (p_f/p_s ≈ 3.7 SLM pixels on the default rig): a checkerboard of θ + d and θ − d averages to
 cos(d)·e^{iθ} = |H|·e^{iθ}, and the light it removes goes to the highest spatial frequency the SLM
 makes (far outside the image field). A blazed carrier needs several pixels per period inside the
-footprint and averages worse; measured numbers are in ``docs/readme/export.md``.
+footprint and averages worse; measured numbers are in the README's Export section.
 
 Phase conventions: the LUT is used relative to its first entry (a global phase offset of the SLM
 does not change any image), phases beyond a LUT range shorter than 2π go to the cyclically nearest
