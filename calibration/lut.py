@@ -82,7 +82,7 @@ def _table_response(system: PhysicalSystem, grey: int, phase: float) -> None:
 
 def _level_chi2(system: PhysicalSystem, fm: ForwardModel, o: Observation, phi: float) -> float:
     _table_response(system, int(o.meta["grey"]), phi)
-    fm.invalidate("slm", "filter", "intensity")
+    fm.invalidate("reflectance", "slm", "filter", "intensity")
     f = fm.frames().numpy().ravel()
     return float(np.sum(((f - o.mean.ravel()) * o.weight.ravel()) ** 2))
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from dmicro_hw.optics.slm import sample_image
+from dmicro_hw.optics.slm import gaussian_blur
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,35 @@ class ForwardModel:
         self._greys = [
             torch.as_tensor(np.asarray(o.grey)[r0:r1, c0:c1].astype(np.float32)) for o in self.obs
         ]
-        self._cache: dict[str, tuple] = {}
+        self._cache: dict[str, dict] = {}
+        self._indicators: dict[int, tuple] = {}
+
+    def _reflectance(self, i: int, grey: torch.Tensor) -> torch.Tensor:
+        """SLM reflectance of pattern i; few-level patterns use cached blurred indicators.
+
+        The fringing blur is linear in the phase, so for a pattern of a few grey levels v_k,
+        blur(φ(grey)) = Σ_k φ(v_k)·blur(1[grey = v_k]) — exact, and no convolution per LUT
+        change (the LUT measurement changes only φ).
+        """
+        slm = self.system.slm
+        if slm.fringing_px <= 0:
+            return slm.reflectance(grey)
+        parts = self._indicators.get(i)
+        if parts is None:
+            levels = torch.unique(grey)
+            if levels.numel() > 4:
+                self._indicators[i] = ()
+                return slm.reflectance(grey)
+            parts = tuple(
+                (v.reshape(()), gaussian_blur((grey == v).float(), slm.fringing_px)) for v in levels
+            )
+            self._indicators[i] = parts
+        if not parts:
+            return slm.reflectance(grey)
+        values = slm.response(torch.stack([v for v, _ in parts]))
+        phase = sum(val * ind for val, (_, ind) in zip(values, parts))
+        ff = slm.fill_factor
+        return ff * torch.polar(torch.ones_like(phase), phase) + (1 - ff)
 
     def _key(self, *groups: str) -> tuple:
         return tuple(
@@ -286,17 +315,30 @@ class ForwardModel:
         """SLM part of the realised filters (P, N, N), centred (no pupil)."""
         slm = self.system.slm
 
-        def coords() -> torch.Tensor:
-            return slm.geometry.filter_to_slm(slm._sub_ij) - self.origin
+        h, w = self._greys[0].shape if self._greys else (1, 1)
 
-        rc = self._cached("coords", self._key("geometry"), coords)
+        def grid() -> torch.Tensor:
+            rc = slm.geometry.filter_to_slm(slm._sub_ij) - self.origin  # (N, N, m, m, 2)
+            y = 2 * rc[..., 0] / max(h - 1, 1) - 1
+            x = 2 * rc[..., 1] / max(w - 1, 1) - 1
+            return torch.stack([x, y], -1).reshape(1, -1, 1, 2).to(torch.float32)
+
+        g = self._cached("coords", self._key("geometry"), grid)
+
+        def reflectances() -> torch.Tensor:
+            planes = []
+            for i, grey in enumerate(self._greys):
+                r = self._reflectance(i, grey)
+                planes += [r.real, r.imag]
+            return torch.stack(planes)[None].float()  # (1, 2P, h, w)
+
+        refl = self._cached("reflectance", self._key("lut"), reflectances)
 
         def make() -> torch.Tensor:
-            out = []
-            for g in self._greys:
-                vals = sample_image(slm.reflectance(g), rc)
-                out.append(vals.mean(dim=(-2, -1)).to(torch.complex64))
-            return torch.stack(out)
+            n = self.system.optics.field_size
+            vals = F.grid_sample(refl, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+            vals = vals.reshape(len(self._greys), 2, n, n, -1).mean(-1)
+            return torch.complex(vals[:, 0], vals[:, 1])
 
         return self._cached("slm", self._key("geometry", "lut"), make)
 
@@ -434,7 +476,7 @@ class LeastSquaresProblem:
 def levenberg_marquardt(
     problem: LeastSquaresProblem,
     max_iter: int = 30,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
     callback: Callable[[int, float], None] | None = None,
     bounds: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[np.ndarray, torch.Tensor, list[float], bool]:

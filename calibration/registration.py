@@ -220,6 +220,30 @@ def locate_dc(obs: Sequence[Observation]) -> dict[str, float]:
     return out
 
 
+def refine_dc(
+    system: PhysicalSystem,
+    targets: dict[str, np.ndarray],
+    obs: Sequence[Observation],
+    dc: dict[str, float],
+    window_px: float,
+) -> FitResult:
+    """Model-based refinement of the knife-edge estimate.
+
+    The knife-edge frames whose edge lies within ``window_px`` of the estimated DC are fitted for
+    the SLM offset (and the LUT scale, standing in for the unknown phase of grey 128) with the
+    camera and pupil parameters of step 1 fixed; ``system``'s offset is started at the estimate.
+    """
+    near = [
+        o
+        for o in obs
+        if abs(o.meta["position"] - (dc["dx"] if o.meta["axis"] == "x" else dc["dy"])) <= window_px
+    ]
+    off = dc_to_offset(system, (dc["dy"], dc["dx"]))
+    set_params(system, {"slm_offset_y": off[0], "slm_offset_x": off[1]})
+    names = ["slm_offset_y", "slm_offset_x", "lut_scale", "cam_gain"]
+    return fit(system, targets, near, names, max_iter=15, bounds=BOUNDS)
+
+
 # --------------------------------------------------------------------------------------------
 # 3. SLM placement: ramps, edges and discs through the located DC
 # --------------------------------------------------------------------------------------------

@@ -295,10 +295,14 @@ class CalibrationRun:
         kobs = self.capture(knife)
         dc = R.locate_dc(kobs)
         self.results["knife_edge"] = dc
-        self.rep.note(f"knife-edge: DC at ({dc['dy']:+.2f}, {dc['dx']:+.2f}) SLM px")
-        off = R.dc_to_offset(self.system, (dc["dy"], dc["dx"]))
-        set_params(self.system, {"slm_offset_y": off[0], "slm_offset_x": off[1]})
-        probes = R.placement_probes(self.shape, (dc["dy"], dc["dx"]), self.ratio)
+        rk = R.refine_dc(self.system, self.targets, kobs, dc, 2.5 * self.ratio)
+        self.results["knife_edge_fit"] = rk.to_dict()
+        dcr = R.offset_to_dc(self.system)
+        self.rep.note(
+            f"knife-edge: DC at ({dc['dy']:+.2f}, {dc['dx']:+.2f}) SLM px, model-refined "
+            f"({dcr[0]:+.3f}, {dcr[1]:+.3f})"
+        )
+        probes = R.placement_probes(self.shape, dcr, self.ratio)
         probes += R.ramp_probes(self.shape, o.ramp_period_samples * self.ratio, self.bits)
         pobs = self.capture(probes)
         self.update_noise()

@@ -103,6 +103,7 @@ def reconstruct_store(
     else:
         recon.check_frame_shape(reader.frame_shape)
     n = reader.committed
+    trusted = reader.phase_committed
     pw = PhaseWriter(reader, recon.field_size, recon.pixel_size_m)
     status_arr = pw.side.arrays["recon_status"]
     phase_arr = pw.side.arrays["phase"]
@@ -120,6 +121,9 @@ def reconstruct_store(
         for c in range(n_chunks):
             s, e = c * chunk, min(n, (c + 1) * chunk)
             status = np.asarray(status_arr[s:e])
+            # past the old phase_committed nothing is trusted (a crash may have left a status
+            # written without its phase, or the reverse)
+            status[max(0, trusted - s) :] = 0
             todo = np.arange(e - s) if force else np.nonzero(status != RECON_OK)[0]
             already += (e - s) - len(todo)
             if len(todo):

@@ -189,7 +189,10 @@ class Acquisition:
         self._frames_iter = iter(self.camera.frames(opt.frames))
         first = self._next_frame()
         if first is None:
-            raise DeviceError("camera delivered no frame before the run was stopped")
+            if self._stop.is_set():  # Ctrl-C while settling/waiting: nothing to store
+                self._state = "stopped before the first frame"
+                return
+            raise DeviceError("camera: the frame stream ended before the first frame")
         self._first = first
         self._setup(first)
 

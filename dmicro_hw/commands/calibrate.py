@@ -122,11 +122,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.calibration.sequence import CalibrationOptions, run_calibration
         from dmicro_hw.config import load_rig_config
         from dmicro_hw.drivers.base import open_device
+        from dmicro_hw.errors import CheckpointError
 
-        torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+        torch.set_num_threads(1)  # small problems: extra threads only spin on a shared machine
         console = Console()
         rig = load_rig_config(config)
         ck = checkpoint or rig.checkpoint
+        if ck is not None and not Path(ck).is_file():
+            raise CheckpointError(
+                f"{ck}: checkpoint file not found (--checkpoint / rig.checkpoint)"
+            )
         prev_path = bundle or rig.calibration
         previous = load_bundle(prev_path, rig) if prev_path else None
         if steps.strip():
