@@ -223,18 +223,19 @@ class PhysicalSystem(nn.Module):
     def mismatch(self) -> Mismatch:
         """Current parameter values as a plain :class:`Mismatch`."""
         g = self.slm.geometry
-        return Mismatch(
-            lut_gamma=float(self.slm.response.gamma),
-            lut_scale=float(self.slm.response.scale_factor),
-            slm_offset_px=tuple(float(x) for x in g.offset_px),
-            slm_rotation_rad=float(g.rotation_rad),
-            slm_scale=float(g.scale),
-            zernike_rad={j: float(c) for j, c in zip(self.zernike_terms, self.zernike)},
-            tilt_cycles=tuple(float(x) for x in self.tilt_cycles),
-            camera_shift_px=tuple(float(x) for x in self.camera_shift_px),
-            camera_rotation_rad=float(self.camera_rotation_rad),
-            camera_scale=float(self.camera_scale),
-            camera_gain=float(self.camera_gain),
-            camera_offset_adu=float(self.camera_offset_adu),
-            extra_read_noise_e=float(self.extra_read_noise_e),
-        )
+        with torch.no_grad():  # plain floats of the (trainable) parameters
+            return Mismatch(
+                lut_gamma=float(self.slm.response.gamma),
+                lut_scale=float(self.slm.response.scale_factor),
+                slm_offset_px=tuple(float(x) for x in g.offset_px),
+                slm_rotation_rad=float(g.rotation_rad),
+                slm_scale=float(g.scale),
+                zernike_rad={j: float(c) for j, c in zip(self.zernike_terms, self.zernike)},
+                tilt_cycles=tuple(float(x) for x in self.tilt_cycles),
+                camera_shift_px=tuple(float(x) for x in self.camera_shift_px),
+                camera_rotation_rad=float(self.camera_rotation_rad),
+                camera_scale=float(self.camera_scale),
+                camera_gain=float(self.camera_gain),
+                camera_offset_adu=float(self.camera_offset_adu),
+                extra_read_noise_e=float(self.extra_read_noise_e),
+            )
