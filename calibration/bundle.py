@@ -39,13 +39,13 @@ import numpy as np
 from dmicro_hw import __version__
 from dmicro_hw.config import RigConfig
 from dmicro_hw.errors import CheckpointError
+from dmicro_hw.export import CALIBRATION_FILE, read_calibration_json
 from dmicro_hw.optics.system import Mismatch
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dmicro-hw-calibration"
 FORMAT_VERSION = 1
-CALIBRATION_FILE = "calibration.json"
 LUT_FILE = "lut.npy"
 LUT_SIGMA_FILE = "lut_sigma.npy"
 FRAMES_FILE = "frames.npz"
@@ -53,7 +53,6 @@ PROBES_FILE = "probes.npz"
 TARGET_FILE = "target.npy"
 ADAPTED_CHECKPOINT = "checkpoint_adapted.pt"
 WAVELENGTH_RTOL = 1e-3
-MAX_JSON_BYTES = 32 * 1024**2
 
 
 def utc_now() -> str:
@@ -176,19 +175,9 @@ def check_bundle_for_rig(bundle: CalibrationBundle, rig: RigConfig) -> None:
 
 def load_bundle(path: Path | str, rig: RigConfig | None = None) -> CalibrationBundle:
     """Read a bundle folder (or its calibration.json); with ``rig``, check it belongs to it."""
-    p = Path(path)
-    folder = p.parent if p.is_file() else p
-    cal = folder / CALIBRATION_FILE
-    if not cal.is_file():
-        raise CheckpointError(f"{folder}: not a calibration bundle (no {CALIBRATION_FILE})")
-    raw = cal.read_bytes()
-    if len(raw) > MAX_JSON_BYTES:
-        raise CheckpointError(f"{cal}: too large for a calibration file")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cal}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    cal, _, data = read_calibration_json(path)
+    folder = cal.parent
+    if data.get("format") != FORMAT:
         raise CheckpointError(f"{cal}: not a dmicro-hw calibration bundle (format={FORMAT!r})")
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(

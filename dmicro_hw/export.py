@@ -79,7 +79,7 @@ PATTERN_FORMAT_VERSION = 1
 CALIBRATION_FILE = "calibration.json"
 LUT_FILE = "lut.npy"
 WAVELENGTH_RTOL = 1e-3
-MAX_CALIBRATION_JSON_BYTES = 16 * 1024**2
+MAX_CALIBRATION_JSON_BYTES = 32 * 1024**2
 MAX_PATTERN_BYTES = 512 * 1024**2
 PAIR_GUARD_BELOW_GAIN = 0.95  # fringing that leaves < 95 % of a checkerboard: guard the pairs
 
@@ -166,6 +166,31 @@ def _num(value: Any, where: str, n: int | None = None) -> Any:
     return out
 
 
+def read_calibration_json(path: Path | str) -> tuple[Path, bytes, dict[str, Any]]:
+    """Read a bundle's ``calibration.json`` safely: (file, its bytes, the parsed object).
+
+    ``path`` is the bundle folder or its ``calibration.json``. Raises CheckpointError naming the
+    file when it is missing, too large, not JSON or not a JSON object.
+    """
+    p = Path(path)
+    cal_file = p / CALIBRATION_FILE if p.is_dir() else p
+    if p.is_file() and p.name != CALIBRATION_FILE:
+        raise CheckpointError(f"{p}: a calibration is a bundle folder holding {CALIBRATION_FILE}")
+    if not cal_file.is_file():
+        folder = cal_file.parent
+        raise CheckpointError(f"{folder}: not a calibration bundle (no {CALIBRATION_FILE})")
+    raw = cal_file.read_bytes()
+    if len(raw) > MAX_CALIBRATION_JSON_BYTES:
+        raise CheckpointError(f"{cal_file}: too large for a calibration file")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cal_file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cal_file}: top level must be a JSON object")
+    return cal_file, raw, data
+
+
 def load_slm_calibration(path: Path | str) -> SLMCalibration:
     """Read the SLM part of a calibration bundle folder.
 
@@ -193,22 +218,8 @@ def load_slm_calibration(path: Path | str) -> SLMCalibration:
     Raises:
         CheckpointError: missing folder/file, invalid JSON, wrong types, unreadable LUT.
     """
-    p = Path(path)
-    cal_file = p / CALIBRATION_FILE if p.is_dir() else p
-    if p.is_file() and p.name != CALIBRATION_FILE:
-        raise CheckpointError(f"{p}: a calibration is a bundle folder holding {CALIBRATION_FILE}")
+    cal_file, raw, data = read_calibration_json(path)
     folder = cal_file.parent
-    if not cal_file.is_file():
-        raise CheckpointError(f"{folder}: not a calibration bundle (no {CALIBRATION_FILE})")
-    raw = cal_file.read_bytes()
-    if len(raw) > MAX_CALIBRATION_JSON_BYTES:
-        raise CheckpointError(f"{cal_file}: too large for a calibration file")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cal_file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{cal_file}: top level must be a JSON object")
 
     slm = data.get("slm")
     mm = data.get("mismatch") if slm is None else None
