@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from dmicro_hw.calibration.bundle import CalibrationBundle
 
+from dmicro_hw.calibration.bundle import CalibrationBundle
 from dmicro_hw.config import RigConfig, SLMModelConfig
 from dmicro_hw.errors import CheckpointError
 from dmicro_hw.optics.fourier4f import apply_4f
@@ -98,6 +98,20 @@ def export_pattern(rig: RigConfig, bundle_path: Path, h: torch.Tensor) -> np.nda
     return SLMExporter(rig.optics, slm_model_config(rig), cal).export_array(h)
 
 
+ADAPT_METRIC = "adapt_l1_final"  # recorded by adapt_checkpoint; marks an adapted checkpoint
+
+
+def is_adapted(checkpoint: Path | str) -> bool:
+    """Whether ``checkpoint`` was written by :func:`adapt_checkpoint` (filter pre-compensated,
+    camera gain/offset folded into the decoder's input standardisation)."""
+    from dmicro_hw.calibration.bundle import ADAPTED_CHECKPOINT
+    from dmicro_hw.training.checkpoint import load_checkpoint
+
+    if Path(checkpoint).name == ADAPTED_CHECKPOINT:
+        return True
+    return ADAPT_METRIC in (load_checkpoint(checkpoint).get("metrics") or {})
+
+
 def adapt_checkpoint(
     checkpoint: Path | str,
     rig: RigConfig,
@@ -126,6 +140,12 @@ def adapt_checkpoint(
     if bundle.path is None:
         raise CheckpointError("adapt: the calibration bundle must be written to disk first")
     ck = load_checkpoint(checkpoint)
+    if ADAPT_METRIC in (ck.get("metrics") or {}):
+        # its filter is already pre-compensated for one rig: adapting again would compensate twice
+        raise CheckpointError(
+            f"{checkpoint}: already adapted to a calibration; adapt the trained checkpoint "
+            "(from `dmicro train`) instead"
+        )
     if ck.get("encoder_kind") != "lff":
         raise CheckpointError(f"{checkpoint}: only an LFF checkpoint has a filter to display")
     model, cfg = build_model_from_checkpoint(ck)
@@ -174,15 +194,15 @@ def adapt_checkpoint(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress:
-            progress(step, float(loss))
+            progress(step, losses[-1])
     decoder.eval()
     out = save_checkpoint(
         out_path,
         model,
         cfg,
-        metrics={"adapt_l1_final": float(np.mean(losses[-10:])) if losses else math.nan},
+        metrics={ADAPT_METRIC: float(np.mean(losses[-10:])) if losses else math.nan},
     )
     first = float(np.mean(losses[:10])) if losses else math.nan
     last = float(np.mean(losses[-10:])) if losses else math.nan

@@ -39,7 +39,11 @@ import numpy as np
 from dmicro_hw import __version__
 from dmicro_hw.config import RigConfig
 from dmicro_hw.errors import CheckpointError
-from dmicro_hw.export import CALIBRATION_FILE, read_calibration_json
+from dmicro_hw.export import (
+    CALIBRATION_FILE,
+    check_calibration_identity,
+    read_calibration_json,
+)
 from dmicro_hw.optics.system import Mismatch
 
 log = logging.getLogger(__name__)
@@ -52,7 +56,6 @@ FRAMES_FILE = "frames.npz"
 PROBES_FILE = "probes.npz"
 TARGET_FILE = "target.npy"
 ADAPTED_CHECKPOINT = "checkpoint_adapted.pt"
-WAVELENGTH_RTOL = 1e-3
 
 
 def utc_now() -> str:
@@ -153,18 +156,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 def check_bundle_for_rig(bundle: CalibrationBundle, rig: RigConfig) -> None:
     """Refuse a bundle measured on another rig or at another wavelength (one clear line)."""
     where = bundle.path or "<calibration>"
-    if bundle.rig_id and bundle.rig_id != rig.rig_id:
-        raise CheckpointError(
-            f"{where}: calibration bundle was measured on rig {bundle.rig_id!r}, this rig is "
-            f"{rig.rig_id!r} — calibrate this rig (`dmicro calibrate --config …`)"
-        )
-    wl = bundle.wavelength_m
-    if wl is not None and not math.isclose(wl, rig.optics.wavelength_m, rel_tol=WAVELENGTH_RTOL):
-        raise CheckpointError(
-            f"{where}: calibration bundle was measured at λ = {wl * 1e9:.1f} nm, the rig's "
-            f"optics.wavelength_m is {rig.optics.wavelength_m * 1e9:.1f} nm — the SLM phase "
-            "response depends on the wavelength: recalibrate"
-        )
+    check_calibration_identity(where, bundle.rig_id, bundle.wavelength_m, rig)
     levels = 2**rig.slm.bit_depth
     if bundle.lut is not None and bundle.lut.shape != (levels,):
         raise CheckpointError(

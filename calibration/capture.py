@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from dmicro_hw.calibration.model_fit import Observation
 
+from dmicro_hw.calibration.model_fit import Observation
 from dmicro_hw.errors import DeviceError
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from dmicro_hw.calibration import registration as R
 from dmicro_hw.calibration.bundle import CalibrationBundle
 from dmicro_hw.calibration.model_fit import (

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from dmicro_hw.calibration import patterns as P
 from dmicro_hw.calibration.model_fit import ForwardModel, Observation
 from dmicro_hw.calibration.registration import Probe
-
 from dmicro_hw.optics.slm import PhaseResponse
 from dmicro_hw.optics.system import PhysicalSystem
 

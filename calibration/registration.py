@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from dmicro_hw.calibration import patterns as P
 from dmicro_hw.calibration.model_fit import (
     FitResult,
@@ -39,7 +40,6 @@ from dmicro_hw.calibration.model_fit import (
     get_params,
     set_params,
 )
-
 from dmicro_hw.optics.system import PhysicalSystem
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from dmicro_hw.calibration import lut as L
 from dmicro_hw.calibration.adapt import slm_model_config
-
 from dmicro_hw.config import RigConfig
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 
@@ -123,9 +123,8 @@ def reconstruction_quality(
     on); the decoder reads them with ``decode_adu`` (an adapted checkpoint has the camera
     response folded in; otherwise the bundle's gain/offset are undone first when given).
     """
-    from dmicro_hw.simulators.bench import VirtualBench
-
     from dmicro_hw.export import SLMExporter, load_slm_calibration
+    from dmicro_hw.simulators.bench import VirtualBench
     from dmicro_hw.training import metrics as M
     from dmicro_hw.training.checkpoint import (
         build_model_from_checkpoint,

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+
 from dmicro_hw.calibration import bundle as B
 from dmicro_hw.calibration import lut as L
 from dmicro_hw.calibration import patterns as P
@@ -49,7 +50,6 @@ from dmicro_hw.calibration.model_fit import (
     param_specs,
     set_params,
 )
-
 from dmicro_hw.config import RigConfig
 from dmicro_hw.errors import ConfigError
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem

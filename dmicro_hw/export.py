@@ -301,21 +301,30 @@ def _read_lut_npy(path: Path) -> np.ndarray:
     return table.astype(np.float64)
 
 
-def check_calibration_for_rig(cal: SLMCalibration, rig: RigConfig) -> None:
-    """Refuse a calibration measured on another rig or at another wavelength."""
-    where = cal.path or "<calibration>"
-    if cal.rig_id and cal.rig_id != rig.rig_id:
+def check_calibration_identity(
+    where: object, rig_id: str | None, wavelength_m: float | None, rig: RigConfig
+) -> None:
+    """Refuse a calibration measured on another rig or at another wavelength (one clear line).
+
+    Shared by the export's view of a bundle and the full bundle loader.
+    """
+    if rig_id and rig_id != rig.rig_id:
         raise CheckpointError(
-            f"{where}: calibration is for rig {cal.rig_id!r}, this rig is {rig.rig_id!r}"
+            f"{where}: calibration is for rig {rig_id!r} (measured there), this rig is "
+            f"{rig.rig_id!r} — calibrate this rig (`dmicro calibrate --config …`)"
         )
     wl = rig.optics.wavelength_m
-    if cal.wavelength_m is not None and not math.isclose(
-        cal.wavelength_m, wl, rel_tol=WAVELENGTH_RTOL
-    ):
+    if wavelength_m is not None and not math.isclose(wavelength_m, wl, rel_tol=WAVELENGTH_RTOL):
         raise CheckpointError(
-            f"{where}: calibration measured at λ = {cal.wavelength_m * 1e9:.1f} nm, "
-            f"rig optics.wavelength_m is {wl * 1e9:.1f} nm"
+            f"{where}: calibration measured at λ = {wavelength_m * 1e9:.1f} nm, the rig's "
+            f"optics.wavelength_m is {wl * 1e9:.1f} nm — the SLM phase response depends on the "
+            "wavelength: recalibrate"
         )
+
+
+def check_calibration_for_rig(cal: SLMCalibration, rig: RigConfig) -> None:
+    """Refuse a calibration measured on another rig or at another wavelength."""
+    check_calibration_identity(cal.path or "<calibration>", cal.rig_id, cal.wavelength_m, rig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,8 +61,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dmicro_hw.drivers.base import Frame
 
+from dmicro_hw.drivers.base import Frame
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)

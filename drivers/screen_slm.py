@@ -51,8 +51,8 @@ import time
 from typing import Any
 
 import numpy as np
-from dmicro_hw.drivers.slm_pixels import from_display_rgb, load_lut, to_display, to_grey
 
+from dmicro_hw.drivers.slm_pixels import from_display_rgb, load_lut, to_display, to_grey
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)

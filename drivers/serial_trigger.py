@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 from dmicro_hw.drivers import trigger_protocol as tp
-
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import time
 from typing import Any
 
 import numpy as np
-from dmicro_hw.drivers.slm_pixels import load_lut, to_display, to_grey
 
+from dmicro_hw.drivers.slm_pixels import load_lut, to_display, to_grey
 from dmicro_hw.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)

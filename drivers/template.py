@@ -40,9 +40,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
 from dmicro_hw.drivers.base import Frame
 from dmicro_hw.drivers.slm_pixels import load_lut, to_grey
-
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dmicro_hw.drivers.base import Frame
 
 from dmicro_hw.config import CameraDeviceConfig, RigConfig
+from dmicro_hw.drivers.base import Frame
 from dmicro_hw.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)

@@ -37,12 +37,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from dmicro_hw.drivers.base import Frame
-from dmicro_hw.simulators.bench import VirtualBench, get_bench
-from dmicro_hw.simulators.faults import DeviceDisconnected, FaultInjector
 
 from dmicro_hw.config import CameraDeviceConfig, FaultsConfig, RigConfig
+from dmicro_hw.drivers.base import Frame
 from dmicro_hw.errors import ConfigError, DeviceError
+from dmicro_hw.simulators.bench import VirtualBench, get_bench
+from dmicro_hw.simulators.faults import DeviceDisconnected, FaultInjector
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import logging
 from typing import Any
 
 import numpy as np
-from dmicro_hw.drivers.slm_pixels import load_lut, phase_to_grey, to_grey
-from dmicro_hw.simulators.bench import VirtualBench, get_bench
 
 from dmicro_hw.config import RigConfig, SLMDeviceConfig
+from dmicro_hw.drivers.slm_pixels import load_lut, phase_to_grey, to_grey
 from dmicro_hw.errors import ConfigError, DeviceError
+from dmicro_hw.simulators.bench import VirtualBench, get_bench
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 import numpy as np
+
+from dmicro_hw.config import CameraDeviceConfig, RigConfig
 from dmicro_hw.simulators.bench import VirtualBench
 from dmicro_hw.simulators.sim_camera import SimCamera
 from dmicro_hw.simulators.sim_slm import SimSLM
-
-from dmicro_hw.config import CameraDeviceConfig, RigConfig
 
 SLM_PIXELS_PER_SAMPLE = 2.44
 

@@ -125,3 +125,14 @@ def test_shipped_sim_rig_assets_belong_together():
     assert t.optics == rig.optics and t.sensor == rig.sensor
     # the weights still fit the decoder architecture (re-make with scripts/make-sim-assets.sh)
     build_model_from_checkpoint(rig.checkpoint)
+    # calibrated chain: the bundle is this rig's, the decoder adapted to it, the pattern exported
+    # with it; the trained (unadapted) model beside it is what `dmicro calibrate` adapts
+    from dmicro_hw.calibration.adapt import is_adapted
+    from dmicro_hw.calibration.bundle import load_bundle
+
+    assert rig.calibration is not None and a.calibration is not None
+    load_bundle(rig.calibration, rig)
+    assert is_adapted(rig.checkpoint) and (a.camera_gain, a.camera_offset_adu) == (1.0, 0.0)
+    assert a.pattern.sidecar["sha256"]["calibration"] == a.calibration.sha256
+    trained = cfg.parent / "assets" / "sim-rig.pt"
+    assert not is_adapted(trained) and checkpoint_config(trained).optics == rig.optics

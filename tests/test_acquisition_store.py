@@ -8,7 +8,6 @@ import threading
 import numpy as np
 import pytest
 import zarr
-from dmicro_hw.drivers.base import Frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from dmicro_hw.acquisition.writer import (
     RunReader,
     RunWriter,
 )
+from dmicro_hw.drivers.base import Frame
 from dmicro_hw.errors import DataError, FrameShapeError
 
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from dmicro_hw.calibration import lut as L
 from dmicro_hw.calibration import patterns as P
 from dmicro_hw.calibration import registration as R
@@ -23,7 +24,6 @@ from dmicro_hw.calibration.model_fit import (
     noise_model,
     set_params,
 )
-
 from dmicro_hw.config import OpticsConfig, RigConfig, SensorConfig, SLMModelConfig
 from dmicro_hw.data.phantoms import phase_target
 from dmicro_hw.optics.fourier4f import pupil_mask

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from dmicro_hw.calibration import scoring as S
 from dmicro_hw.calibration.bundle import load_bundle
 from dmicro_hw.calibration.sequence import CalibrationOptions, run_calibration
-from dmicro_hw.drivers.base import open_device
-from dmicro_hw.simulators.bench import VirtualBench, reveal_mismatch_for_scoring
-
 from dmicro_hw.config import load_rig_config
+from dmicro_hw.drivers.base import open_device
 from dmicro_hw.errors import CheckpointError, ConfigError
+from dmicro_hw.simulators.bench import VirtualBench, reveal_mismatch_for_scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SEEDS = (21, 22)  # never used while tuning the calibration

@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from dmicro_hw.config import CameraDeviceConfig, RigConfig
 from dmicro_hw.drivers.base import Camera, open_device
 from dmicro_hw.drivers.genicam_camera import (
     GenICamCamera,
@@ -19,8 +21,6 @@ from dmicro_hw.drivers.genicam_camera import (
     gentl_path_producers,
     to_right_justified,
 )
-
-from dmicro_hw.config import CameraDeviceConfig, RigConfig
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 VIKY = next((p for p in bundled_producers() if p.name == "viky.cti"), None)

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from dmicro_hw.config import CameraDeviceConfig, SLMDeviceConfig
 from dmicro_hw.drivers.base import SLM, Camera, available_backends, open_device
 from dmicro_hw.drivers.genicam_camera import bundled_producers
 from dmicro_hw.drivers.template import TemplateCamera, TemplateSLM
-
-from dmicro_hw.config import CameraDeviceConfig, SLMDeviceConfig
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 PLUGIN = '''

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 import pytest
-from dmicro_hw.drivers.base import SLM, Camera, Trigger, open_device
 
 from dmicro_hw.config import load_rig_config
+from dmicro_hw.drivers.base import SLM, Camera, Trigger, open_device
 
 RIG = os.environ.get("DMICRO_HW_RIG")
 pytestmark = [

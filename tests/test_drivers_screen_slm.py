@@ -18,11 +18,11 @@ import textwrap
 
 import numpy as np
 import pytest
+
+from dmicro_hw.config import SLMDeviceConfig
 from dmicro_hw.drivers.base import open_device
 from dmicro_hw.drivers.screen_slm import ScreenSLM, x_display_info
 from dmicro_hw.drivers.slm_pixels import from_display_rgb, phase_to_grey, to_display, to_grey
-
-from dmicro_hw.config import SLMDeviceConfig
 from dmicro_hw.errors import ConfigError, DeviceError, FrameShapeError
 
 pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")

@@ -12,10 +12,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from dmicro_hw.drivers.base import SLM, open_device
-from dmicro_hw.drivers.slmpy_slm import SlmpySLM, import_slmpy
 
 from dmicro_hw.config import SLMDeviceConfig
+from dmicro_hw.drivers.base import SLM, open_device
+from dmicro_hw.drivers.slmpy_slm import SlmpySLM, import_slmpy
 from dmicro_hw.errors import DeviceError
 
 

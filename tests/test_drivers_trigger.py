@@ -8,15 +8,15 @@ import threading
 import time
 
 import pytest
-from dmicro_hw.drivers import trigger_protocol as tp
-from dmicro_hw.drivers.base import open_device
-from dmicro_hw.drivers.serial_trigger import SerialTrigger
-from dmicro_hw.simulators.sim_trigger import SimSerialTrigger, TriggerFirmware
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dmicro_hw.config import RigConfig, TriggerDeviceConfig
+from dmicro_hw.drivers import trigger_protocol as tp
+from dmicro_hw.drivers.base import open_device
+from dmicro_hw.drivers.serial_trigger import SerialTrigger
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
+from dmicro_hw.simulators.sim_trigger import SimSerialTrigger, TriggerFirmware
 
 # ------------------------------------------------------------------------------ protocol
 

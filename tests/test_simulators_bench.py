@@ -5,16 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dmicro_hw.simulators.bench import (
-    VirtualBench,
-    bench_of,
-    get_bench,
-    pattern_key,
-    release_bench,
-    reveal_mismatch_for_scoring,
-)
-from dmicro_hw.simulators.sim_camera import SimCamera
-from dmicro_hw.simulators.sim_slm import SimSLM
 from pydantic import BaseModel
 
 from dmicro_hw.config import (
@@ -27,6 +17,16 @@ from dmicro_hw.config import (
 )
 from dmicro_hw.errors import FrameShapeError
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
+from dmicro_hw.simulators.bench import (
+    VirtualBench,
+    bench_of,
+    get_bench,
+    pattern_key,
+    release_bench,
+    reveal_mismatch_for_scoring,
+)
+from dmicro_hw.simulators.sim_camera import SimCamera
+from dmicro_hw.simulators.sim_slm import SimSLM
 
 SLM_PX = 96
 

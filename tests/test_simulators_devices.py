@@ -12,10 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dmicro_hw.drivers.base import SLM, Camera, open_device
-from dmicro_hw.simulators.bench import VirtualBench, bench_of, release_bench
-from dmicro_hw.simulators.sim_camera import SimCamera
-from dmicro_hw.simulators.sim_slm import SimSLM, radians_to_grey
 
 from dmicro_hw.config import (
     BenchConfig,
@@ -26,12 +22,16 @@ from dmicro_hw.config import (
     SLMDeviceConfig,
     load_rig_config,
 )
+from dmicro_hw.drivers.base import SLM, Camera, open_device
 from dmicro_hw.errors import (
     ConfigError,
     DeviceError,
     DeviceTimeoutError,
     FrameShapeError,
 )
+from dmicro_hw.simulators.bench import VirtualBench, bench_of, release_bench
+from dmicro_hw.simulators.sim_camera import SimCamera
+from dmicro_hw.simulators.sim_slm import SimSLM, radians_to_grey
 
 ROOT = Path(__file__).resolve().parents[1]
 SLM_PX = 160

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dmicro_hw.simulators.bench import release_bench
-from dmicro_hw.simulators.faults import FaultInjector
-from dmicro_hw.simulators.sim_camera import SimCamera
 
 from dmicro_hw.config import (
     BenchConfig,
@@ -17,6 +14,9 @@ from dmicro_hw.config import (
     SLMDeviceConfig,
 )
 from dmicro_hw.errors import DeviceError, DeviceTimeoutError
+from dmicro_hw.simulators.bench import release_bench
+from dmicro_hw.simulators.faults import FaultInjector
+from dmicro_hw.simulators.sim_camera import SimCamera
 
 
 def camera(fetch_timeout_s: float = 0.05, pixel_format: str = "Mono8", **faults) -> SimCamera:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from dmicro_hw.drivers.base import Camera, open_device
-from dmicro_hw.simulators.replay_camera import ReplayCamera
 
 from dmicro_hw.config import CameraDeviceConfig, RigConfig
+from dmicro_hw.drivers.base import Camera, open_device
 from dmicro_hw.errors import ConfigError, DeviceError
+from dmicro_hw.simulators.replay_camera import ReplayCamera
 
 
 def stack(n: int = 5, dtype=np.uint16) -> np.ndarray:

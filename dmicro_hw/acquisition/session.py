@@ -91,18 +91,9 @@ def _camera_response(cal_path: Path) -> tuple[float, float]:
     return 1.0, 0.0
 
 
-def _camera_folded(checkpoint: Path) -> bool:
-    """Whether ``checkpoint`` is a calibration-adapted one (camera response folded in)."""
-    from dmicro_hw.calibration.bundle import ADAPTED_CHECKPOINT
-    from dmicro_hw.training.checkpoint import load_checkpoint
-
-    if checkpoint.name == ADAPTED_CHECKPOINT:
-        return True
-    return "adapt_l1_final" in (load_checkpoint(checkpoint).get("metrics") or {})
-
-
 def load_assets(rig: RigConfig, need_checkpoint: bool = True) -> Assets:
     """Load pattern, calibration and checkpoint named by ``rig`` and check they belong together."""
+    from dmicro_hw.calibration.adapt import is_adapted
     from dmicro_hw.export import (
         check_calibration_for_rig,
         load_pattern,
@@ -125,7 +116,7 @@ def load_assets(rig: RigConfig, need_checkpoint: bool = True) -> Assets:
         raise ConfigError(
             "checkpoint: the rig config names no checkpoint; set 'checkpoint:' or use --no-recon"
         )
-    if a.calibration is not None and a.checkpoint is not None and _camera_folded(a.checkpoint):
+    if a.calibration is not None and a.checkpoint is not None and is_adapted(a.checkpoint):
         # `dmicro calibrate`'s adapted checkpoint already folds the camera gain/offset into its
         # input standardisation: undoing them again would apply the correction twice
         a.camera_gain, a.camera_offset_adu = 1.0, 0.0

@@ -47,6 +47,20 @@ def _train_checkpoint(out: Path, console, epochs_scale: float) -> Path:
     return trainer.best_path
 
 
+def _trained_checkpoint(rig) -> Path | None:
+    """The rig's checkpoint when it is a trained one; for a calibration-adapted one (tuned to
+    one particular mismatch, e.g. the shipped sim rig's) the shipped trained sim-rig model."""
+    from dmicro_hw.calibration.adapt import is_adapted
+    from dmicro_hw.training.checkpoint import checkpoint_config
+
+    if rig.checkpoint is not None and not is_adapted(rig.checkpoint):
+        return Path(rig.checkpoint)
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "assets" / "sim-rig.pt"
+    if shipped.is_file() and checkpoint_config(shipped).optics == rig.optics:
+        return shipped
+    return None
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @bench_app.command("calibration")
     def bench_calibration(
@@ -87,7 +101,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise ConfigError(f"{config}: the calibration benchmark needs the sim SLM and camera")
         seed_list = _seeds(seeds)
         out.mkdir(parents=True, exist_ok=True)
-        ck = checkpoint or rig0.checkpoint
+        ck = checkpoint or _trained_checkpoint(rig0)
         if ck is None and not no_psnr:
             ck = _train_checkpoint(out / "train", console, train_epochs_scale)
         held = None

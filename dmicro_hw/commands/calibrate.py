@@ -118,6 +118,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from dmicro_hw.calibration.adapt import is_adapted
         from dmicro_hw.calibration.bundle import load_bundle
         from dmicro_hw.calibration.sequence import CalibrationOptions, run_calibration
         from dmicro_hw.config import load_rig_config
@@ -134,10 +135,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
         prev_path = bundle or rig.calibration
         previous = load_bundle(prev_path, rig) if prev_path else None
+        adapted = ck is not None and is_adapted(ck)
         if steps.strip():
             step_list = [s for s in steps.split(",") if s.strip()]
         else:
-            step_list = ["registration", "lut", "fit", "drift"] + (["adapt"] if ck else [])
+            adapt = ["adapt"] if ck and not adapted else []
+            step_list = ["registration", "lut", "fit", "drift"] + adapt
+        if adapted and not steps.strip():
+            console.print(
+                f"[yellow]note:[/] {ck} is already calibration-adapted: no decoder adaptation "
+                "(give the trained checkpoint with --checkpoint to adapt it to this calibration)"
+            )
         opts = CalibrationOptions(
             frames_per_pattern=frames, target_path=target, adapt_steps=adapt_steps, seed=seed
         )
@@ -205,3 +213,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             f"{data['elapsed_s']} s); plots: {', '.join(data.get('plots', []))}"
         )
         console.print(f"use it: set [cyan]calibration: {result.out_dir}[/] in {config}")
+        if "adapt" in data:
+            adapted_ck = result.out_dir / "checkpoint_adapted.pt"
+            console.print(
+                f"decoder adapted: set [cyan]checkpoint: {adapted_ck}[/] and export its pattern "
+                f"with `dmicro export {adapted_ck} --config {config} --calibration "
+                f"{result.out_dir} --out PATTERN_DIR` (then [cyan]pattern: PATTERN_DIR[/])"
+            )
