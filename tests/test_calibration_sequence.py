@@ -184,3 +184,18 @@ def test_steps_resolution_and_errors():
         resolve_steps(["adapt"], True, False)
     with pytest.raises(ConfigError, match="drift: needs a calibration bundle"):
         resolve_steps(["drift"], False, False)
+
+
+def test_an_adapted_checkpoint_is_not_adapted_twice(tmp_path):
+    """The shipped sim rig's decoder is calibration-adapted (its filter pre-compensates that
+    bench's aberrations): adapting it again would compensate twice, so it is refused, while
+    the trained checkpoint beside it is accepted as the source."""
+    from dmicro_hw.calibration.adapt import adapt_checkpoint, is_adapted
+
+    rig = load_rig_config(ROOT / "configs" / "sim-rig.yaml")
+    bundle = load_bundle(rig.calibration, rig)
+    assert is_adapted(rig.checkpoint)
+    with pytest.raises(CheckpointError, match="already adapted to a calibration"):
+        adapt_checkpoint(rig.checkpoint, rig, bundle, tmp_path / "again.pt", steps=1)
+    assert not (tmp_path / "again.pt").exists()
+    assert not is_adapted(ROOT / "configs" / "assets" / "sim-rig.pt")
