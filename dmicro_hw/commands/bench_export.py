@@ -48,14 +48,21 @@ def _quick_train_config(seed: int):
     )
 
 
-class _Fixed:
-    """filter_transform that replaces the encoder's filter by a precomputed one."""
+def _fixed_filter(h):
+    """filter_transform (an nn.Module, as the encoder's slot may hold a registered one — e.g. a
+    hardware-aware checkpoint's export-in-the-loop) that replaces the filter by a precomputed one.
+    """
+    from torch import nn
 
-    def __init__(self, h) -> None:
-        self.h = h
+    class FixedFilter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("h", h)
 
-    def __call__(self, _ideal):
-        return self.h
+        def forward(self, _ideal):
+            return self.h
+
+    return FixedFilter()
 
 
 def run_export_bench(
@@ -105,7 +112,7 @@ def run_export_bench(
 
     def score(label: str, mode: str | None, b: int | None, realised) -> None:
         t0 = time.perf_counter()
-        enc.filter_transform = None if realised is None else _Fixed(realised.to(device))
+        enc.filter_transform = None if realised is None else _fixed_filter(realised.to(device))
         m = evaluate(model, test_set, device, batch_size=batch_size)
         hr = h if realised is None else realised
         row = {
