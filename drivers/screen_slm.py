@@ -52,7 +52,12 @@ from typing import Any
 
 import numpy as np
 
-from dmicro_hw.drivers.slm_pixels import from_display_rgb, load_lut, to_display, to_grey
+from dmicro_hw.drivers.slm_pixels import (
+    display_slm_kwargs,
+    from_display_rgb,
+    to_display,
+    to_grey,
+)
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)
@@ -223,28 +228,11 @@ class ScreenSLM:
     def from_config(cls, section: Any, rig: Any = None) -> ScreenSLM:
         """``slm.backend: screen`` (options: position, fullscreen, high_bit_mode, window_name,
         verify, confirm, placement_timeout_s)."""
-        opts = dict(section.options or {})
-        unknown = sorted(set(opts) - cls._OPTIONS)
-        if unknown:
-            raise ConfigError(
-                f"slm.options: unknown key(s) {unknown}; allowed: {sorted(cls._OPTIONS)}"
-            )
+        common, opts = display_slm_kwargs(section, cls._OPTIONS)
         pos = opts.pop("position", None)
         if pos is not None and (len(pos) != 2 or not all(isinstance(v, int) for v in pos)):
             raise ConfigError(f"slm.options.position: must be [x, y] integers, got {pos!r}")
-        lut = load_lut(section.lut, section.bit_depth) if section.lut else None
-        return cls(
-            shape=tuple(section.pixels),
-            pitch_m=section.pitch_m,
-            bit_depth=section.bit_depth,
-            settle_time_s=section.settle_time_s,
-            phase_range_rad=section.phase_range_rad,
-            lut=lut,
-            display=section.display,
-            monitor=section.monitor,
-            position=pos,
-            **opts,
-        )
+        return cls(**common, display=section.display, monitor=section.monitor, position=pos, **opts)
 
     # ---------------------------------------------------------------- placement
     def _target(self) -> tuple[str | None, tuple[int, int], tuple[int, int] | None]:

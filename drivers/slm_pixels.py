@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -138,3 +138,29 @@ def from_display_rgb(
     if high_bit_mode == "top8":
         return rgb[..., 0].astype(np.uint16) << (bit_depth - 8)
     return (rgb[..., 0].astype(np.uint16) << 8) | rgb[..., 1].astype(np.uint16)
+
+
+def display_slm_kwargs(section: Any, allowed_options: set[str]) -> tuple[dict[str, Any], dict]:
+    """Constructor arguments shared by the display SLM backends, from the rig's ``slm`` section.
+
+    Returns (common keyword arguments: shape, pitch_m, bit_depth, settle_time_s,
+    phase_range_rad, lut; the backend's ``slm.options`` as a new dict). Raises ConfigError
+    naming unknown option keys and the allowed ones.
+    """
+    from dmicro_hw.errors import ConfigError
+
+    opts = dict(section.options or {})
+    unknown = sorted(set(opts) - allowed_options)
+    if unknown:
+        raise ConfigError(
+            f"slm.options: unknown key(s) {unknown}; allowed: {sorted(allowed_options)}"
+        )
+    common = {
+        "shape": tuple(section.pixels),
+        "pitch_m": section.pitch_m,
+        "bit_depth": section.bit_depth,
+        "settle_time_s": section.settle_time_s,
+        "phase_range_rad": section.phase_range_rad,
+        "lut": load_lut(section.lut, section.bit_depth) if section.lut else None,
+    }
+    return common, opts

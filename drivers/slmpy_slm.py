@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dmicro_hw.drivers.slm_pixels import load_lut, to_display, to_grey
+from dmicro_hw.drivers.slm_pixels import display_slm_kwargs, to_display, to_grey
 from dmicro_hw.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
@@ -108,23 +108,8 @@ class SlmpySLM:
     @classmethod
     def from_config(cls, section: Any, rig: Any = None) -> SlmpySLM:
         """``slm.backend: slmpy`` (options: high_bit_mode, always_top)."""
-        opts = dict(section.options or {})
-        unknown = sorted(set(opts) - cls._OPTIONS)
-        if unknown:
-            raise ConfigError(
-                f"slm.options: unknown key(s) {unknown}; allowed: {sorted(cls._OPTIONS)}"
-            )
-        lut = load_lut(section.lut, section.bit_depth) if section.lut else None
-        return cls(
-            shape=tuple(section.pixels),
-            pitch_m=section.pitch_m,
-            bit_depth=section.bit_depth,
-            settle_time_s=section.settle_time_s,
-            phase_range_rad=section.phase_range_rad,
-            lut=lut,
-            monitor=section.monitor,
-            **opts,
-        )
+        common, opts = display_slm_kwargs(section, cls._OPTIONS)
+        return cls(**common, monitor=section.monitor, **opts)
 
     def open(self) -> SlmpySLM:
         """Open slmPy's full-screen frame, check its size, show zero phase."""
