@@ -69,8 +69,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         checkpoint: Path | None = typer.Option(
             None,
             "--checkpoint",
-            help="trained sim-rig checkpoint (default rig.checkpoint, "
-            "else a model is trained with configs/train-sim-rig.yaml)",
+            help="trained sim-rig checkpoint (default: rig.checkpoint unless it is "
+            "calibration-adapted, then configs/assets/sim-rig.pt; else a model is trained with "
+            "configs/train-sim-rig.yaml)",
         ),
         out: Path = typer.Option(Path("runs/bench-calibration"), "--out", "-o"),
         cells: int = typer.Option(64, "--cells", min=4, help="held-out cells for the PSNR"),
