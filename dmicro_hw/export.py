@@ -173,6 +173,8 @@ def read_calibration_json(path: Path | str) -> tuple[Path, bytes, dict[str, Any]
     file when it is missing, too large, not JSON or not a JSON object.
     """
     p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: calibration bundle not found (run `dmicro calibrate`)")
     cal_file = p / CALIBRATION_FILE if p.is_dir() else p
     if p.is_file() and p.name != CALIBRATION_FILE:
         raise CheckpointError(f"{p}: a calibration is a bundle folder holding {CALIBRATION_FILE}")
