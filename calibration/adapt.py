@@ -117,7 +117,7 @@ def adapt_checkpoint(
     rig: RigConfig,
     bundle: CalibrationBundle,
     out_path: Path | str,
-    steps: int = 150,
+    steps: int = 400,
     batch: int = 8,
     lr: float = 5e-4,
     seed: int = 0,

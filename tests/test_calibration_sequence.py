@@ -199,3 +199,25 @@ def test_an_adapted_checkpoint_is_not_adapted_twice(tmp_path):
         adapt_checkpoint(rig.checkpoint, rig, bundle, tmp_path / "again.pt", steps=1)
     assert not (tmp_path / "again.pt").exists()
     assert not is_adapted(ROOT / "configs" / "assets" / "sim-rig.pt")
+
+
+def test_bench_calibration_cli_scores_recovery_and_writes_json(tmp_path, monkeypatch):
+    """`dmicro bench calibration --no-psnr` on the small rig: one row per seed, scored against
+    the hidden truth, targets met, JSON written; a non-sim rig is refused in one line."""
+    from dmicro_hw.cli import _run, app
+
+    monkeypatch.chdir(tmp_path)
+    cfg = small_rig_yaml(tmp_path, TEST_SEEDS[1])
+    argv = ["bench", "calibration", "-c", str(cfg), "--seeds", str(TEST_SEEDS[1]),
+            "--no-psnr", "--frames", "4", "--out", "bc"]  # fmt: skip
+    assert _run(app, argv) == 0
+    res = json.loads((tmp_path / "bc" / "bench_calibration.json").read_text())
+    assert res["seeds"] == [TEST_SEEDS[1]] and res["all_recovery_targets_met"] is True
+    (row,) = res["rows"]
+    assert set(row["meets"]) == set(S.TARGETS) and "psnr_after" not in row
+    assert row["errors"]["slm_offset_err_px"] < S.TARGETS["slm_offset_err_px"]
+    real = yaml.safe_load(cfg.read_text())
+    real["camera"] = {"backend": "genicam"}
+    (tmp_path / "real.yaml").write_text(yaml.safe_dump(real))
+    argv = ["bench", "calibration", "-c", "real.yaml", "--no-psnr", "--out", "bc2"]
+    assert _run(app, argv) == ConfigError.exit_code

@@ -108,7 +108,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             None, "--target", help="known phase target (.npy, N×N rad) mounted on a real bench"
         ),
         adapt_steps: int = typer.Option(
-            150, "--adapt-steps", min=0, help="decoder fine-tuning steps"
+            400, "--adapt-steps", min=0, help="decoder fine-tuning steps"
         ),
         seed: int = typer.Option(0, "--seed", help="seed of the decoder fine-tuning"),
     ) -> None:
