@@ -272,8 +272,11 @@ def test_load_slm_calibration_section_lut_and_mismatch_fallback(tmp_path):
     (m / "calibration.json").write_text(json.dumps({"slm": {"offset_px": [1]}}))
     with pytest.raises(CheckpointError, match="slm.offset_px"):
         load_slm_calibration(m)
-    with pytest.raises(CheckpointError, match="no calibration.json"):
+    with pytest.raises(CheckpointError, match="missing: calibration bundle not found"):
         load_slm_calibration(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="empty: not a calibration bundle .no calibration.json"):
+        load_slm_calibration(tmp_path / "empty")
 
 
 def test_fringing_guard_keeps_double_phase_pairs_unwrapped():
