@@ -101,6 +101,11 @@ def export_pattern(rig: RigConfig, bundle_path: Path, h: torch.Tensor) -> np.nda
 ADAPT_METRIC = "adapt_l1_final"  # recorded by adapt_checkpoint; marks an adapted checkpoint
 
 
+def was_adapted(ck: dict[str, Any]) -> bool:
+    """Whether a loaded checkpoint was written by :func:`adapt_checkpoint`."""
+    return ADAPT_METRIC in (ck.get("metrics") or {})
+
+
 def is_adapted(checkpoint: Path | str) -> bool:
     """Whether ``checkpoint`` was written by :func:`adapt_checkpoint` (filter pre-compensated,
     camera gain/offset folded into the decoder's input standardisation)."""
@@ -109,7 +114,7 @@ def is_adapted(checkpoint: Path | str) -> bool:
 
     if Path(checkpoint).name == ADAPTED_CHECKPOINT:
         return True
-    return ADAPT_METRIC in (load_checkpoint(checkpoint).get("metrics") or {})
+    return was_adapted(load_checkpoint(checkpoint))
 
 
 def adapt_checkpoint(
@@ -140,7 +145,7 @@ def adapt_checkpoint(
     if bundle.path is None:
         raise CheckpointError("adapt: the calibration bundle must be written to disk first")
     ck = load_checkpoint(checkpoint)
-    if ADAPT_METRIC in (ck.get("metrics") or {}):
+    if was_adapted(ck):
         # its filter is already pre-compensated for one rig: adapting again would compensate twice
         raise CheckpointError(
             f"{checkpoint}: already adapted to a calibration; adapt the trained checkpoint "

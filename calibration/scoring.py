@@ -123,7 +123,7 @@ def reconstruction_quality(
     on); the decoder reads them with ``decode_adu`` (an adapted checkpoint has the camera
     response folded in; otherwise the bundle's gain/offset are undone first when given).
     """
-    from dmicro_hw.calibration.adapt import ADAPT_METRIC
+    from dmicro_hw.calibration.adapt import was_adapted
     from dmicro_hw.export import SLMExporter, load_slm_calibration
     from dmicro_hw.simulators.bench import VirtualBench
     from dmicro_hw.training import metrics as M
@@ -141,7 +141,7 @@ def reconstruction_quality(
         update={"mismatch": rig.bench.mismatch.model_copy(update={"enabled": mismatch_enabled})}
     )
     bench = VirtualBench(rig.optics, rig.sensor, rig.slm, bench_cfg)
-    adapted = ADAPT_METRIC in (ck.get("metrics") or {})
+    adapted = was_adapted(ck)
     gain, offset = 1.0, 0.0
     if calibration is not None and not adapted:
         from dmicro_hw.calibration.bundle import load_bundle

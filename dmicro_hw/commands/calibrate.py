@@ -119,7 +119,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         from dmicro_hw.calibration.adapt import is_adapted
-        from dmicro_hw.calibration.bundle import load_bundle
+        from dmicro_hw.calibration.bundle import ADAPTED_CHECKPOINT, load_bundle
         from dmicro_hw.calibration.sequence import CalibrationOptions, run_calibration
         from dmicro_hw.config import load_rig_config
         from dmicro_hw.drivers.base import open_device
@@ -135,17 +135,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
         prev_path = bundle or rig.calibration
         previous = load_bundle(prev_path, rig) if prev_path else None
-        adapted = ck is not None and is_adapted(ck)
         if steps.strip():
             step_list = [s for s in steps.split(",") if s.strip()]
         else:
-            adapt = ["adapt"] if ck and not adapted else []
-            step_list = ["registration", "lut", "fit", "drift"] + adapt
-        if adapted and not steps.strip():
-            console.print(
-                f"[yellow]note:[/] {ck} is already calibration-adapted: no decoder adaptation "
-                "(give the trained checkpoint with --checkpoint to adapt it to this calibration)"
-            )
+            step_list = ["registration", "lut", "fit", "drift"]
+            if ck is not None and is_adapted(ck):
+                console.print(
+                    f"[yellow]note:[/] {ck} is already calibration-adapted: no decoder adaptation "
+                    "(give the trained checkpoint with --checkpoint to adapt it to this "
+                    "calibration)"
+                )
+            elif ck is not None:
+                step_list.append("adapt")
         opts = CalibrationOptions(
             frames_per_pattern=frames, target_path=target, adapt_steps=adapt_steps, seed=seed
         )
@@ -214,7 +215,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         )
         console.print(f"use it: set [cyan]calibration: {result.out_dir}[/] in {config}")
         if "adapt" in data:
-            adapted_ck = result.out_dir / "checkpoint_adapted.pt"
+            adapted_ck = result.out_dir / ADAPTED_CHECKPOINT
             console.print(
                 f"decoder adapted: set [cyan]checkpoint: {adapted_ck}[/] and export its pattern "
                 f"with `dmicro export {adapted_ck} --config {config} --calibration "
