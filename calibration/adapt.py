@@ -14,8 +14,9 @@ Three corrections, in the order they act on a frame:
 3. **Fine-tuning.** What cannot be undone optically (camera shift/rotation/scale, pupil shift by
    the tilt, the SLM's finite resolution, residual LUT/placement error) is learned: the decoder is
    fine-tuned (L1 on normalised phase, Adam) on frames that the *calibrated* model
-   (:class:`PhysicalSystem` with the fitted mismatch, sensor noise on) makes of synthetic cells
-   through the exported pattern. Optionally captured frames of the known target are added.
+   (:class:`PhysicalSystem` with the fitted mismatch, sensor noise on) makes of samples drawn
+   from the checkpoint's training distribution (its data config: cells, a phantom mixture or a
+   folder) through the exported pattern. Optionally captured frames of the known target are added.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def adapt_checkpoint(
 
     Returns a summary dict (loss before/after, steps, the pattern's SHA-256 and paths).
     """
-    from dmicro_hw.data.phantoms import generate_cells
+    from dmicro_hw.data.datasets import draw_samples
     from dmicro_hw.export import sha256_pattern
     from dmicro_hw.training.checkpoint import (
         build_model_from_checkpoint,
@@ -178,8 +179,11 @@ def adapt_checkpoint(
     # 3. fine-tune the decoder on the calibrated model's frames
     gen = torch.Generator().manual_seed(int(seed))
     n = rig.optics.field_size
-    phase_max = float(model.phase_max_rad)
-    cells = torch.from_numpy(generate_cells(n_cells, n, phase_max, seed=seed + 7919, stream=5))
+    # the distribution the decoder was trained on (cells, a mixture, a folder), never its samples
+    data = cfg.data
+    if data.kind != "folder":
+        data = data.model_copy(update={"seed": data.seed + seed + 7919})
+    samples = draw_samples(data, n, n_cells, stream=5)
     decoder = model.decoder
     decoder.train()
     for p in decoder.parameters():
@@ -189,7 +193,7 @@ def adapt_checkpoint(
     losses = []
     for step in range(int(steps)):
         idx = torch.randint(0, n_cells, (batch,), generator=gen)
-        phi = cells[idx]
+        phi = samples[idx]
         k = int(torch.randint(0, 4, (), generator=gen))
         phi = torch.rot90(phi, k, dims=(-2, -1)).contiguous()
         adu = bench.frames(phi, gen)

@@ -113,13 +113,93 @@ class SLMModelConfig(StrictModel):
 # --------------------------------------------------------------------------------------------
 
 
+def _check_family(family: str, options: dict[str, Any]) -> None:
+    from dmicro_hw.data.families import check_knobs
+
+    check_knobs(family, options)
+
+
 class SyntheticDataConfig(StrictModel):
+    """One phantom family; every sample spans exactly [0, phase_max_rad]."""
+
     kind: Literal["synthetic"] = "synthetic"
+    family: str = Field("cells", description="phantom family (dmicro_hw.data.families)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the family's knobs")
     n_train: int = Field(512, ge=1)
     n_val: int = Field(64, ge=1)
     n_test: int = Field(64, ge=1)
     phase_max_rad: float = Field(3.141592653589793, gt=0, le=6.283185307179586)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _family(self) -> SyntheticDataConfig:
+        _check_family(self.family, self.options)
+        return self
+
+
+class MixtureComponent(StrictModel):
+    """One ingredient of a mixture: a phantom family (with knobs) or a user folder."""
+
+    family: str | None = Field(None, description="phantom family name")
+    folder: Path | None = Field(None, description="folder of phase maps (as data.kind: folder)")
+    weight: float = Field(1.0, gt=0, le=1e6, description="relative frequency")
+    options: dict[str, Any] = Field(default_factory=dict, description="the family's knobs")
+    content: Literal["phase", "complex", "auto"] = "auto"
+    key: str | None = None
+    rescale: Literal["relative", "none"] = Field(
+        "relative",
+        description="folder maps: 'relative' (min-max, then the mixture's peak/background "
+        "draws) or 'none' (radians, used as they are; must lie in [0, phase_max_rad])",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MixtureComponent:
+        if (self.family is None) == (self.folder is None):
+            raise ValueError("give exactly one of 'family' or 'folder'")
+        if self.family is not None:
+            _check_family(self.family, self.options)
+        elif self.options:
+            raise ValueError("'options' are knobs of a family, not of a folder")
+        return self
+
+
+def _default_components() -> list[MixtureComponent]:
+    from dmicro_hw.data.families import FAMILY_NAMES
+
+    return [MixtureComponent(family=f, weight=2.0 if f == "cells" else 1.0) for f in FAMILY_NAMES]
+
+
+class MixtureDataConfig(StrictModel):
+    """A weighted mixture of phantom families and user folders (see dmicro_hw.data.mixture).
+
+    Each sample: a component drawn by weight (sometimes two overlaid), a random rotation/flip, a
+    peak phase drawn from ``peak_fraction`` × phase_max_rad, sometimes inverted (objects below a
+    background) or on a smooth background; the minimum of every field is the phase reference 0.
+    """
+
+    kind: Literal["mixture"] = "mixture"
+    components: list[MixtureComponent] = Field(default_factory=_default_components, min_length=1)
+    n_train: int = Field(2048, ge=1)
+    n_val: int = Field(64, ge=1)
+    n_test: int = Field(64, ge=1)
+    phase_max_rad: float = Field(3.141592653589793, gt=0, le=6.283185307179586)
+    seed: int = 0
+    peak_fraction: tuple[float, float] = Field(
+        (0.1, 1.0), description="peak phase of a sample as a fraction of phase_max_rad"
+    )
+    overlay_probability: float = Field(0.2, ge=0, le=1, description="two components summed")
+    invert_probability: float = Field(0.1, ge=0, le=1, description="objects below background")
+    background_probability: float = Field(0.3, ge=0, le=1, description="smooth background")
+    background_fraction: float = Field(
+        0.3, ge=0, le=1, description="largest background swing, fraction of the sample's peak"
+    )
+
+    @field_validator("peak_fraction")
+    @classmethod
+    def _fraction(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1] <= 1):
+            raise ValueError("peak_fraction must be [lo, hi] with 0 < lo ≤ hi ≤ 1")
+        return v
 
 
 class FolderDataConfig(StrictModel):
@@ -140,8 +220,18 @@ class FolderDataConfig(StrictModel):
     )
 
 
+DataConfigAny = SyntheticDataConfig | FolderDataConfig | MixtureDataConfig
+
+
 class DecoderConfig(StrictModel):
     kind: Literal["unet", "swinir"] = "unet"
+    input_norm: Literal["fixed", "per_frame"] = Field(
+        "fixed",
+        description="'fixed': frames keep their contrast (only the model's fixed training "
+        "statistics are applied), so the phase amplitude is measured; 'per_frame': every frame "
+        "is standardised on its own (checkpoints before this key: the amplitude is lost and "
+        "the decoder guesses it from the shape)",
+    )
     base_channels: int = Field(32, ge=4, le=512)
     depth: int = Field(3, ge=1, le=6)
     # SwinIR-style options (paper: embed 180, 6 groups × 6 blocks, window 8)
@@ -172,6 +262,11 @@ class EncoderConfig(StrictModel):
     kind: Literal["lff", "gpc", "plain", "d2nn"] = "lff"
     d2nn_layers: int = Field(3, ge=1, le=10)
     d2nn_distance_m: float = Field(5e-6, gt=0)
+    init: Literal["gpc", "flat"] = Field(
+        "gpc",
+        description="LFF start: 'gpc' (phase contrast, π/2 on the DC, as the GPC baseline) or "
+        "'flat' (clear aperture, bright field)",
+    )
     hardware_aware: bool = Field(
         False, description="train through the SLM model and the export (export-in-the-loop)"
     )
@@ -186,9 +281,7 @@ class TrainConfig(StrictModel):
     slm: SLMModelConfig | None = None
     encoder: EncoderConfig = EncoderConfig()
     decoder: DecoderConfig = DecoderConfig()
-    data: SyntheticDataConfig | FolderDataConfig = Field(
-        default_factory=SyntheticDataConfig, discriminator="kind"
-    )
+    data: DataConfigAny = Field(default_factory=SyntheticDataConfig, discriminator="kind")
     stages: list[StageConfig] = Field(
         default_factory=lambda: [
             StageConfig(name="optics", epochs=2, lr=1e-2),
@@ -281,6 +374,18 @@ class AcquisitionConfig(StrictModel):
     recon_batch: int = Field(8, ge=1, le=1024)
     recon_device: Literal["auto", "cpu", "cuda"] = "auto"
     preview: bool = False
+    consistency: bool = Field(
+        True, description="re-simulate every decoded frame and store its χ²/dof (consistency)"
+    )
+    consistency_threshold: float = Field(
+        4.0, gt=0, le=1e6, description="χ²/dof above which a decoded frame is flagged unreliable"
+    )
+    refine: int = Field(
+        0, ge=0, le=1000, description="refinement iterations per decoded batch (0: off)"
+    )
+    refine_prior_weight: float = Field(
+        1.0, ge=0, le=1e6, description="pull of the refinement towards the decoder's output"
+    )
 
 
 class RigConfig(StrictModel):
@@ -303,7 +408,17 @@ class RigConfig(StrictModel):
 
 M = TypeVar("M", bound=BaseModel)
 
-_PATH_KEYS = {"path", "lut", "cti", "replay_path", "checkpoint", "pattern", "calibration", "out"}
+_PATH_KEYS = {
+    "path",
+    "folder",
+    "lut",
+    "cti",
+    "replay_path",
+    "checkpoint",
+    "pattern",
+    "calibration",
+    "out",
+}
 
 
 def _format_validation_error(source: str, err: ValidationError) -> str:
@@ -321,17 +436,17 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     return f"{source}: invalid config — " + "; ".join(lines)
 
 
-def _resolve_paths(obj: Any, base: Path) -> Any:
+def resolve_paths(obj: Any, base: Path) -> Any:
     """Resolve relative path-valued keys against the config file's folder."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
             if k in _PATH_KEYS and isinstance(v, str) and v and not Path(v).is_absolute():
                 v = str((base / v).resolve()) if (base / v).exists() else v
-            out[k] = _resolve_paths(v, base)
+            out[k] = resolve_paths(v, base)
         return out
     if isinstance(obj, list):
-        return [_resolve_paths(v, base) for v in obj]
+        return [resolve_paths(v, base) for v in obj]
     return obj
 
 
@@ -366,7 +481,7 @@ def validate(model: type[M], data: dict[str, Any], source: str = "<config>") -> 
 def load_config(model: type[M], path: Path | str, overrides: dict[str, Any] | None = None) -> M:
     """Load ``path`` as ``model`` (paths resolved against the file's folder)."""
     p = Path(path)
-    data = _resolve_paths(read_yaml(p), p.resolve().parent)
+    data = resolve_paths(read_yaml(p), p.resolve().parent)
     if overrides:
         data = _deep_merge(data, overrides)
     return validate(model, data, str(p))

@@ -191,6 +191,10 @@ def measure_live(
     rec = build_reconstructor(
         r, compression, decoder, device, r.acquisition.recon_batch, live_threads()
     )
+    if r.acquisition.consistency:  # as a live run does by default (the encoder as the model)
+        from dmicro_hw.acquisition.consistency import measurement_for_rig
+
+        rec.set_measurement(measurement_for_rig(r, rec.model))
     rec.warmup()
     out = workdir / f"live-{compression}.zarr"
     s = _run(r, frames, out, recon=rec)
@@ -207,6 +211,7 @@ def measure_live(
         "latency_ms_p50": re.get("latency_ms_p50"),
         "latency_ms_p99": re.get("latency_ms_p99"),
         "device": re.get("device"),
+        "consistency": bool(r.acquisition.consistency),
     }
 
 

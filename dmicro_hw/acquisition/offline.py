@@ -37,8 +37,12 @@ def reconstructor_for_run(
     checkpoint: Path | str | None = None,
     device: str = "auto",
     batch: int = 32,
+    consistency: bool = True,
+    refine: Any = None,
 ) -> Any:
-    """A Reconstructor configured from a run's recorded rig, assets and pixel format."""
+    """A Reconstructor configured from a run's recorded rig, assets and pixel format; with
+    ``consistency`` (or ``refine``: :class:`RefineOptions`) it also checks every frame against
+    the run's measurement model (the recorded pattern and calibration)."""
     from dmicro_hw.acquisition.reconstruct import Reconstructor
     from dmicro_hw.config import RigConfig, validate
     from dmicro_hw.export import sha256_file
@@ -77,7 +81,32 @@ def reconstructor_for_run(
         rec.set_pixel_scale(2.0 ** (int(bits) - int(adc)))
     rec.check_frame_shape(reader.frame_shape)
     rec.checkpoint_path = ck
+    if consistency or (refine is not None and refine.iterations > 0):
+        rec.set_measurement(_run_measurement(reader, rig, rec.model), refine)
     return rec
+
+
+def _run_measurement(reader: RunReader, rig: Any, model: Any) -> Any:
+    """The measurement model of a stored run: its recorded pattern (hash checked) and
+    calibration, else the checkpoint's encoder."""
+    from dmicro_hw.acquisition.consistency import measurement_for_rig
+    from dmicro_hw.export import load_pattern
+
+    attrs = reader.attrs
+    grey = None
+    want = attrs.get("pattern_sha256")
+    if rig.pattern is not None and want:
+        pattern = load_pattern(rig.pattern, rig)
+        if pattern.sha256 != want:
+            raise DataError(
+                f"{rig.pattern}: not the pattern this run displayed (SHA-256 differs); "
+                "cannot re-simulate its frames (use --no-consistency)"
+            )
+        grey = pattern.grey
+    cal = attrs.get("calibration_path") or (str(rig.calibration) if rig.calibration else None)
+    if grey is not None and attrs.get("calibration_sha256") and cal is None:
+        raise DataError(f"{reader.path}: the run's calibration bundle is not recorded")
+    return measurement_for_rig(rig, model, pattern_grey=grey, calibration=cal)
 
 
 def reconstruct_store(
@@ -90,16 +119,24 @@ def reconstruct_store(
     force: bool = False,
     use_dask: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    consistency: bool = True,
+    refine: Any = None,
+    consistency_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Decode the committed frames of ``store`` that are not yet ``ok`` (all if ``force``).
 
-    Returns counts: frames decoded, already ok, chunks, and the decoder info.
+    With ``consistency`` every decoded frame's χ²/dof is stored; ``refine``
+    (:class:`~dmicro_hw.acquisition.reconstruct.RefineOptions`) refines the phase through the
+    run's measurement model first. Returns counts: frames decoded, already ok, chunks, the
+    decoder info and the consistency summary.
     """
     import time
 
+    from dmicro_hw.acquisition.consistency import consistency_summary
+
     reader = RunReader(store, mode="r+")
     if recon is None:
-        recon = reconstructor_for_run(reader, checkpoint, device, batch)
+        recon = reconstructor_for_run(reader, checkpoint, device, batch, consistency, refine)
     else:
         recon.check_frame_shape(reader.frame_shape)
     n = reader.committed
@@ -107,6 +144,7 @@ def reconstruct_store(
     pw = PhaseWriter(reader, recon.field_size, recon.pixel_size_m)
     status_arr = pw.side.arrays["recon_status"]
     phase_arr = pw.side.arrays["phase"]
+    chi2_arr = pw.side.arrays["consistency"]
     chunk = reader.chunk_frames
     t0 = time.perf_counter()
     decoded = already = 0
@@ -128,19 +166,27 @@ def reconstruct_store(
             already += (e - s) - len(todo)
             if len(todo):
                 raw = reader.raw_frames(s, e)
-                phase = np.asarray(phase_arr[s:e]) if len(todo) < e - s else None
-                out = recon(raw[todo])
+                partial = len(todo) < e - s
+                phase = np.asarray(phase_arr[s:e]) if partial else None
+                chi2 = np.asarray(chi2_arr[s:e]) if partial else np.full(e - s, np.nan, "f4")
+                out, out_chi2 = recon.decode(raw[todo])
                 if phase is None:
                     phase = out
                 else:
                     phase[todo] = out
+                if out_chi2 is not None:
+                    chi2[todo] = out_chi2
                 status[todo] = RECON_OK
-                pw.write(s, phase, status)
+                pw.write(s, phase, status, chi2)
                 decoded += len(todo)
             pw.set_committed(e)
             if progress is not None:
                 progress(e, n)
     dt = time.perf_counter() - t0
+    if consistency_threshold is None:
+        rig_acq = (reader.attrs.get("rig") or {}).get("acquisition") or {}
+        consistency_threshold = float(rig_acq.get("consistency_threshold", 4.0))
+    chi2 = RunReader(store).consistency()
     d = dict(reader.group.attrs.get("dmicro", {}))
     d.setdefault("recon", recon.info())
     d["recon_offline"] = {
@@ -159,6 +205,10 @@ def reconstruct_store(
         "fps": round(decoded / dt, 1) if dt > 0 and decoded else None,
         "decoder": recon.info(),
         "dask": bool(use_dask and dask_available() and force),
+        "consistency": consistency_summary(chi2, consistency_threshold)
+        if getattr(recon, "measurement", None) is not None
+        else None,
+        "ms_per_frame": round(1e3 * dt / decoded, 3) if decoded else None,
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,18 @@ from dmicro_hw.acquisition.writer import RECON_ERROR, RECON_OK, RECON_SKIPPED, R
 from dmicro_hw.errors import CheckpointError, ConfigError, FrameShapeError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Physics-consistent refinement of decoded phase (``acquisition.refine``).
+
+    iterations: at most this many gradient steps per batch (0: score only, no refinement).
+    prior_weight: weight λ of the pull towards the decoder's output.
+    """
+
+    iterations: int = 0
+    prior_weight: float = 1.0
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -107,6 +120,8 @@ class Reconstructor:
             if autocast != "off":
                 self.autocast_dtype = self._choose_autocast(autocast == "on", autocast_tol)
         self.autocast_error: float | None = getattr(self, "autocast_error", None)
+        self.measurement: Any = None
+        self.refine = RefineOptions()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -174,12 +189,52 @@ class Reconstructor:
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """Decode raw ADU (n, h, w) → phase (n, N, N) float32 radians (any n; split by
         ``max_batch``)."""
+        return self.decode(raw)[0]
+
+    def set_measurement(self, measurement: Any, refine: RefineOptions | None = None) -> None:
+        """Check every decoded frame against the measurement (χ²/dof, see
+        :mod:`dmicro_hw.optics.measurement`) and optionally refine the phase through it."""
+        self.measurement = measurement.to(self.device).eval() if measurement is not None else None
+        self.refine = refine or RefineOptions()
+
+    def decode(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw ADU (n, h, w) → (phase (n, N, N) float32 rad, χ²/dof (n,) float32 or None).
+
+        χ²/dof is computed when a measurement model is set (:meth:`set_measurement`); with
+        ``refine.iterations`` > 0 the returned phase is the refined one and χ²/dof is its own.
+        """
         n = raw.shape[0]
         out = np.empty((n, self.field_size, self.field_size), dtype=np.float32)
+        chi2 = np.empty(n, dtype=np.float32) if self.measurement is not None else None
         for s in range(0, n, self.max_batch):
             e = min(n, s + self.max_batch)
             out[s:e] = self._decode_batch(raw[s:e])
-        return out
+            if chi2 is not None:
+                out[s:e], chi2[s:e] = self._check(raw[s:e], out[s:e])
+        return out, chi2
+
+    def _check(self, raw: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refine (optional) and score decoded phase against the raw frames it came from."""
+        import torch
+
+        from dmicro_hw.optics.measurement import refine
+
+        adc = torch.from_numpy(np.asarray(raw, dtype=np.float32) / self.pixel_scale)
+        phi = torch.from_numpy(phase)
+        adc, phi = adc.to(self.device), phi.to(self.device)
+        r = self.refine
+        if r.iterations > 0:
+            res = refine(
+                self.measurement,
+                adc,
+                phi,
+                iterations=r.iterations,
+                prior_weight=r.prior_weight,
+                phase_max_rad=self.phase_max_rad,
+            )
+            return res.phase.cpu().numpy(), res.chi2_after.cpu().numpy()
+        with torch.no_grad():
+            return phase, self.measurement.chi2(phi, adc).cpu().numpy()
 
     def _decode_batch(self, raw: np.ndarray) -> np.ndarray:
         import torch
@@ -257,6 +312,10 @@ class Reconstructor:
             "input_shape": list(self.input_shape),
             "phase_max_rad": self.phase_max_rad,
             "max_batch": self.max_batch,
+            "consistency": self.measurement is not None,
+            "measurement_model": type(self.measurement).__name__ if self.measurement else None,
+            "refine_iterations": self.refine.iterations,
+            "refine_prior_weight": self.refine.prior_weight,
             "pixel_scale": self.pixel_scale,
         }
 
@@ -327,8 +386,9 @@ class ReconWorker(threading.Thread):
                 continue
             self._skip(b.seq0 - self.next_seq)
             t0 = time.perf_counter()
+            chi2 = None
             try:
-                phase = self.recon(b.data)
+                phase, chi2 = self.recon.decode(b.data)
                 status = np.full(b.n, RECON_OK, dtype=np.uint8)
             except Exception:  # noqa: BLE001 - a decode failure must not stop acquisition
                 log.exception("decoding frames %d..%d failed", b.seq0, b.seq0 + b.n - 1)
@@ -336,7 +396,7 @@ class ReconWorker(threading.Thread):
                 status = np.full(b.n, RECON_ERROR, dtype=np.uint8)
                 self.errors += b.n
             t1 = time.perf_counter()
-            self.writer.append_phase(phase, status)
+            self.writer.append_phase(phase, status, chi2)
             self.next_seq = b.seq0 + b.n
             if phase is not None:
                 self.decoded += b.n

@@ -248,6 +248,21 @@ class Session:
                 # leave a core to the camera and writer threads: raw data comes first
                 threads=max(1, (os.cpu_count() or 2) - 1),
             )
+            acq = rig.acquisition
+            if acq.consistency or acq.refine:
+                from dmicro_hw.acquisition.consistency import measurement_for_rig
+                from dmicro_hw.acquisition.reconstruct import RefineOptions
+
+                a = self.assets
+                self.reconstructor.set_measurement(
+                    measurement_for_rig(
+                        rig,
+                        self.reconstructor.model,
+                        pattern_grey=a.pattern.grey if a.pattern is not None else None,
+                        calibration=rig.calibration,
+                    ),
+                    RefineOptions(acq.refine, acq.refine_prior_weight),
+                )
             self.reconstructor.warmup()
 
     def open_devices(self) -> None:
@@ -322,6 +337,9 @@ class Session:
             "notes": self.assets.notes if self.assets else [],
         }
         summary["score"] = None
+        summary["consistency"] = None
+        if self.reconstructor is not None and self.reconstructor.measurement is not None:
+            summary["consistency"] = self._consistency()
         if self.score and self.reconstructor is not None and self.acq.writer is not None:
             summary["score"] = self._score()
         if self.acq.writer is not None:
@@ -330,6 +348,17 @@ class Session:
         write_run_json(self.out_dir / "run.json", summary)
         self.summary = summary
         return summary
+
+    def _consistency(self) -> dict[str, Any] | None:
+        from dmicro_hw.acquisition.consistency import consistency_summary
+        from dmicro_hw.acquisition.writer import RunReader
+
+        try:
+            chi2 = RunReader(self.store).consistency()
+        except Exception as e:  # noqa: BLE001 - a summary failure must not lose the run
+            log.warning("consistency summary failed: %s", e)
+            return {"error": f"{type(e).__name__}: {e}"}
+        return consistency_summary(chi2, self.rig.acquisition.consistency_threshold)
 
     def _score(self) -> dict[str, Any] | None:
         try:
@@ -364,4 +393,8 @@ def scalar_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "PSNR dB": sc.get("psnr_db_mean"),
         "SSIM": sc.get("ssim_mean"),
         "RMSE rad": sc.get("rmse_rad_mean"),
+        "χ²/dof median / unreliable": (
+            (summary.get("consistency") or {}).get("chi2_dof_median"),
+            (summary.get("consistency") or {}).get("unreliable"),
+        ),
     }

@@ -11,6 +11,7 @@ Layout of ``RUN.zarr`` (one local Zarr v3 group; OME-Zarr 0.5-style root metadat
     pattern_index  (t,) int32    index into attrs["dmicro"]["patterns"] (id + sha256 of each)
     dropped_before (t,) int32    frames missing just before this one (camera gap or ring overflow)
     recon_status   (t,) uint8    0 not reconstructed, 1 ok, 2 skipped (backpressure), 3 error
+    consistency    (t,) float32  χ²/dof of the frame re-simulated from its phase (NaN: not checked)
     committed      (1,) int64    frames of raw + records fully written  ← readers trust this
     phase_committed(1,) int64    leading frames whose phase/recon_status are final
 
@@ -327,8 +328,11 @@ class RunWriter:
         return self._raw.write_s
 
     # ------------------------------------------------------------------ phase appends
-    def append_phase(self, phase: np.ndarray | None, status: np.ndarray) -> int:
-        """Append the next ``len(status)`` frames of phase (n, N, N) radians in t order.
+    def append_phase(
+        self, phase: np.ndarray | None, status: np.ndarray, consistency: np.ndarray | None = None
+    ) -> int:
+        """Append the next ``len(status)`` frames of phase (n, N, N) radians in t order, with
+        their χ²/dof ``consistency`` (n,) when checked.
 
         ``phase`` may be None (all skipped/errors: NaN stored). Commits whole chunks.
         """
@@ -341,6 +345,7 @@ class RunWriter:
             {
                 "phase": phase.astype(np.float32, copy=False),
                 "recon_status": status.astype(np.uint8),
+                "consistency": _consistency(consistency, n),
             },
             n,
         )
@@ -411,6 +416,7 @@ def _create_phase_side(
         dimension_names=["t"],
         attributes={"codes": {str(k): v for k, v in RECON_STATUS_NAMES.items()}},
     )
+    consistency = _create_consistency(g, cap, meta_chunk)
     counter = g.create_array(
         "phase_committed", shape=(1,), chunks=(1,), dtype="int64", fill_value=0
     )
@@ -420,7 +426,34 @@ def _create_phase_side(
     ms.append(_ome_multiscale("phase", frame_interval_s, pixel_m))
     ome["multiscales"] = ms
     g.attrs.update({"ome": ome})
-    return _Side({"phase": phase, "recon_status": status}, counter, chunk, grow)
+    return _Side(
+        {"phase": phase, "recon_status": status, "consistency": consistency},
+        counter,
+        chunk,
+        grow,
+    )
+
+
+def _create_consistency(g: Any, cap: int, meta_chunk: int) -> Any:
+    return g.create_array(
+        "consistency",
+        shape=(cap,),
+        chunks=(meta_chunk,),
+        dtype="float32",
+        fill_value=float("nan"),
+        dimension_names=["t"],
+        attributes={
+            "units": "1",
+            "description": "chi-square per degree of freedom of the frame re-simulated from its "
+            "phase under the calibrated noise model (about 1: consistent; NaN: not checked)",
+        },
+    )
+
+
+def _consistency(values: np.ndarray | None, n: int) -> np.ndarray:
+    if values is None:
+        return np.full(n, np.nan, dtype=np.float32)
+    return np.asarray(values, dtype=np.float32).reshape(n)
 
 
 class RunReader:
@@ -489,6 +522,13 @@ class RunReader:
             return np.zeros(0, dtype=np.uint8)
         return np.asarray(self.group["recon_status"][:n])
 
+    def consistency(self) -> np.ndarray:
+        """χ²/dof per phase-committed frame (NaN where not checked; all NaN in older runs)."""
+        n = self.phase_committed
+        if "consistency" not in self.group:
+            return np.full(n, np.nan, dtype=np.float32)
+        return np.asarray(self.group["consistency"][:n])
+
 
 class PhaseWriter:
     """Write phase into an existing run (offline ``dmicro reconstruct``), chunk-aligned blocks."""
@@ -510,8 +550,14 @@ class PhaseWriter:
                 g, size, pixel_m, chunk, meta_chunk, max(n, 1), chunk, fi
             )
         else:
+            if "consistency" not in g:  # a run stored before consistency was recorded
+                _create_consistency(g, max(n, 1), meta_chunk)
             self.side = _Side(
-                {"phase": g["phase"], "recon_status": g["recon_status"]},
+                {
+                    "phase": g["phase"],
+                    "recon_status": g["recon_status"],
+                    "consistency": g["consistency"],
+                },
                 g["phase_committed"],
                 chunk,
                 chunk * 16,
@@ -520,11 +566,18 @@ class PhaseWriter:
             if a.shape[0] < n:
                 a.resize((n, *a.shape[1:]))
 
-    def write(self, t0: int, phase: np.ndarray, status: np.ndarray) -> None:
+    def write(
+        self,
+        t0: int,
+        phase: np.ndarray,
+        status: np.ndarray,
+        consistency: np.ndarray | None = None,
+    ) -> None:
         """Write frames t0 … t0+len-1 in place (no counter change)."""
         s = slice(t0, t0 + len(status))
         self.side.arrays["phase"][s] = phase.astype(np.float32, copy=False)
         self.side.arrays["recon_status"][s] = status.astype(np.uint8)
+        self.side.arrays["consistency"][s] = _consistency(consistency, len(status))
 
     def set_committed(self, n: int) -> None:
         self.side.counter[0] = int(n)

@@ -27,6 +27,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         score: bool = typer.Option(
             True, "--score/--no-score", help="score against the simulated bench's true phase"
         ),
+        consistency: bool = typer.Option(
+            True,
+            "--consistency/--no-consistency",
+            help="re-simulate each frame from its phase and store χ²/dof",
+        ),
+        refine: int = typer.Option(
+            0, "--refine", min=0, max=1000, help="refinement iterations per batch (0: off)"
+        ),
+        refine_prior: float = typer.Option(
+            1.0, "--refine-prior", min=0.0, help="pull of the refinement towards the decoder"
+        ),
     ) -> None:
         """Decode the frames of a stored run that have no phase yet (skipped, --no-recon)."""
         import json
@@ -36,6 +47,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         from dmicro_hw.acquisition.offline import reconstruct_store
+        from dmicro_hw.acquisition.reconstruct import RefineOptions
         from dmicro_hw.errors import ConfigError
 
         if device not in ("auto", "cpu", "cuda"):
@@ -59,6 +71,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 force=force,
                 use_dask=dask,
                 progress=tick,
+                consistency=consistency,
+                refine=RefineOptions(refine, refine_prior),
             )
         if score:
             res["score"] = _score_if_simulated(Path(res["store"]), res["decoder"])
@@ -67,6 +81,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         t.add_column("value", justify="right")
         for k in ("frames", "decoded", "already_ok", "chunks", "seconds", "fps", "dask"):
             t.add_row(k, str(res[k]))
+        t.add_row("ms per frame", str(res["ms_per_frame"]))
+        t.add_row("refine iterations", str(refine))
+        con = res.get("consistency") or {}
+        if con.get("checked"):
+            t.add_row("χ²/dof median / p95", f"{con['chi2_dof_median']} / {con['chi2_dof_p95']}")
+            t.add_row(f"unreliable (χ²/dof > {con['threshold']:g})", str(con["unreliable"]))
         t.add_row("decoder", f"{res['decoder']['device']} autocast={res['decoder']['autocast']}")
         sc = res.get("score") or {}
         for k in ("psnr_db_mean", "ssim_mean", "rmse_rad_mean"):

@@ -1,4 +1,4 @@
-"""Phase data: synthetic cell phantoms, calibration targets and user folders of phase maps.
+"""Phase data: phantom families and their mixtures, calibration targets, user folders.
 
 Every dataset yields float32 tensors (N, N) of phase in radians within [0, ``phase_max_rad``]
 and exposes ``phase_max_rad`` so the training can normalise targets to [0, 1].
@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "FAMILY_NAMES",
     "FolderPhaseDataset",
+    "MixturePhaseDataset",
     "SyntheticPhaseDataset",
     "build_datasets",
     "generate_cells",
@@ -20,7 +22,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "FAMILY_NAMES": "dmicro_hw.data.families",
     "FolderPhaseDataset": "dmicro_hw.data.folder",
+    "MixturePhaseDataset": "dmicro_hw.data.synthetic",
     "SyntheticPhaseDataset": "dmicro_hw.data.synthetic",
     "build_datasets": "dmicro_hw.data.datasets",
     "generate_cells": "dmicro_hw.data.phantoms",

@@ -1,32 +1,33 @@
-"""Torch dataset of synthetic cell phantoms with non-overlapping train/val/test splits."""
+"""Torch datasets of generated phantoms (one family, or a mixture) with disjoint splits."""
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dmicro_hw.config import SyntheticDataConfig
-from dmicro_hw.data.phantoms import generate_cells
+from dmicro_hw.config import MixtureDataConfig, SyntheticDataConfig
+from dmicro_hw.data.families import draw_family
+from dmicro_hw.data.phantoms import generate_cells, sample_rng
 
 Split = Literal["train", "val", "test"]
 SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
 
-class SyntheticPhaseDataset(Dataset):
-    """``n`` cell phantoms of one split; item ``i`` is a float32 tensor (size, size) in radians.
+class GeneratedPhaseDataset(Dataset):
+    """``n`` generated phase maps of one split; item ``i`` is a float32 tensor (size, size), rad.
 
     Each split draws from its own random stream (train 0, val 1, test 2) of ``seed``, so the
     splits never share a sample and a split does not change when another split's size changes.
     Samples are generated on first access and cached (``cache=True``), or all at once at
-    construction (``precompute=True``, one vectorised call — fastest for small sets).
+    construction (``precompute=True``). Subclasses implement :meth:`_generate`.
 
     Attributes:
         size: N of the N×N fields.
-        phase_max_rad: every sample has background 0 and maximum exactly this value.
+        phase_max_rad: every sample lies in [0, phase_max_rad].
         split, seed, stream: where the samples come from.
     """
 
@@ -40,6 +41,7 @@ class SyntheticPhaseDataset(Dataset):
         *,
         cache: bool = True,
         precompute: bool = False,
+        stream: int | None = None,
     ) -> None:
         if split not in SPLIT_STREAMS:
             raise ValueError(f"split must be one of {list(SPLIT_STREAMS)}, got {split!r}")
@@ -48,24 +50,15 @@ class SyntheticPhaseDataset(Dataset):
         self.phase_max_rad = float(phase_max_rad)
         self.seed = int(seed)
         self.split = split
-        self.stream = SPLIT_STREAMS[split]
+        self.stream = SPLIT_STREAMS[split] if stream is None else int(stream)
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
         self._all: np.ndarray | None = None
         if precompute:
             self._all = self._generate(0, self.n)
 
-    @classmethod
-    def from_config(
-        cls, cfg: SyntheticDataConfig, size: int, split: Split, **kwargs: bool
-    ) -> SyntheticPhaseDataset:
-        n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
-        return cls(n, size, cfg.phase_max_rad, cfg.seed, split, **kwargs)
-
-    def _generate(self, start: int, n: int) -> np.ndarray:
-        return generate_cells(
-            n, self.size, self.phase_max_rad, self.seed, start=start, stream=self.stream
-        )
+    def _generate(self, start: int, n: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return self.n
@@ -94,6 +87,61 @@ class SyntheticPhaseDataset(Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"SyntheticPhaseDataset(split={self.split}, n={self.n}, size={self.size}, "
+            f"{type(self).__name__}(split={self.split}, n={self.n}, size={self.size}, "
             f"phase_max_rad={self.phase_max_rad:.4g}, seed={self.seed})"
         )
+
+
+class SyntheticPhaseDataset(GeneratedPhaseDataset):
+    """One phantom family (default: cells); every sample spans exactly [0, phase_max_rad]."""
+
+    def __init__(
+        self, *args: Any, family: str = "cells", options: dict | None = None, **kwargs: Any
+    ) -> None:
+        self.family = family
+        self.options = dict(options or {})
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def from_config(
+        cls, cfg: SyntheticDataConfig, size: int, split: Split, **kwargs: Any
+    ) -> SyntheticPhaseDataset:
+        n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
+        return cls(
+            n,
+            size,
+            cfg.phase_max_rad,
+            cfg.seed,
+            split,
+            family=cfg.family,
+            options=cfg.options,
+            **kwargs,
+        )
+
+    def _generate(self, start: int, n: int) -> np.ndarray:
+        if self.family == "cells" and not self.options:  # the original cell stream, unchanged
+            return generate_cells(
+                n, self.size, self.phase_max_rad, self.seed, start=start, stream=self.stream
+            )
+        out = np.empty((n, self.size, self.size), dtype=np.float32)
+        for j in range(n):
+            rng = sample_rng(self.seed, start + j, self.stream)
+            out[j] = draw_family(self.family, rng, self.size, self.options) * self.phase_max_rad
+        return out
+
+
+class MixturePhaseDataset(GeneratedPhaseDataset):
+    """Samples of a :class:`~dmicro_hw.config.MixtureDataConfig` (see dmicro_hw.data.mixture)."""
+
+    def __init__(self, cfg: MixtureDataConfig, size: int, split: Split = "train", **kwargs: Any):
+        from dmicro_hw.data.mixture import Mixture
+
+        self.mixture = Mixture(cfg, size, split)
+        n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
+        super().__init__(n, size, cfg.phase_max_rad, cfg.seed, split, **kwargs)
+
+    def _generate(self, start: int, n: int) -> np.ndarray:
+        out = np.empty((n, self.size, self.size), dtype=np.float32)
+        for j in range(n):
+            out[j] = self.mixture.sample(sample_rng(self.seed, start + j, self.stream))
+        return out

@@ -2,8 +2,9 @@
 
 The output is φ / phase_max_rad, the phase normalised to [0, 1] exactly as the training targets
 (not clamped inside the model; clamp and multiply by ``phase_max_rad`` for radians, see
-:func:`dmicro_hw.training.metrics.denormalise_phase`). Inputs are float frames in any units
-(ADU or intensity): the models standardise each frame first.
+:func:`dmicro_hw.training.metrics.denormalise_phase`). Inputs are frames standardised with the
+model's fixed training statistics (``decoder.input_norm: fixed``, which keeps the contrast that
+carries the phase amplitude) or, for older checkpoints, standardised per frame inside the model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ __all__ = ["SwinIRDecoder", "UNetDecoder", "build_decoder", "count_parameters"]
 def build_decoder(cfg: DecoderConfig, binning: int) -> nn.Module:
     """The decoder described by ``cfg`` for k×k binning (k = 2, 4, 8, 16)."""
     if cfg.kind == "unet":
-        return UNetDecoder(binning, base_channels=cfg.base_channels, depth=cfg.depth)
+        return UNetDecoder(
+            binning,
+            base_channels=cfg.base_channels,
+            depth=cfg.depth,
+            normalize_input=cfg.input_norm == "per_frame",
+        )
     if cfg.kind == "swinir":
         if cfg.embed_dim % cfg.num_heads:
             raise ConfigError(
@@ -37,5 +43,6 @@ def build_decoder(cfg: DecoderConfig, binning: int) -> nn.Module:
             window_size=cfg.window_size,
             num_heads=cfg.num_heads,
             upsampler=cfg.upsampler,
+            normalize_input=cfg.input_norm == "per_frame",
         )
     raise ConfigError(f"decoder.kind must be one of ['unet', 'swinir'], got {cfg.kind!r}")

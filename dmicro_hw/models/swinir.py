@@ -152,7 +152,7 @@ class SwinIRDecoder(nn.Module):
         upsampler: ``pixelshuffle`` | ``pixelshuffledirect`` | ``auto`` (direct when
             embed_dim < 96, as SwinIR-light).
         upsampler_channels: width of the ``pixelshuffle`` up-sampler (SwinIR: 64).
-        normalize_input: per-frame standardisation (gain/offset invariance).
+        normalize_input: per-frame standardisation (off for new models, see UNetDecoder).
     """
 
     def __init__(

@@ -1,7 +1,8 @@
 """Fast default decoder: a small U-Net at the compressed resolution + pixel-shuffle up-sampler.
 
-    frame (B, N/k, N/k) → standardise → U-Net at N/k (depth levels of pre-activation residual
-    blocks with GroupNorm, stride-2 down, pixel-shuffle up, skip connections)
+    frame (B, N/k, N/k) → [per-frame standardise: old checkpoints only] → U-Net at N/k (depth
+    levels of pre-activation residual blocks with GroupNorm, stride-2 down, pixel-shuffle up,
+    skip connections)
     → features F (base_channels, N/k, N/k)
     output = tail(F) + direct(F), (B, N, N) normalised phase, where
       tail:   log2(k) × [conv → PixelShuffle(2) → conv], channels tapering to ≥ 8, → conv to 1
@@ -78,8 +79,9 @@ class UNetDecoder(nn.Module):
         base_channels: channels at the compressed resolution (doubled per U-Net level, ≤ 8×).
         depth: number of U-Net down-sampling levels. Frames whose side is not a multiple of
             2**depth are padded internally and cropped back.
-        normalize_input: standardise each frame (zero mean, unit std) so camera gain and
-            offset do not matter.
+        normalize_input: standardise each frame (zero mean, unit std). Off for new models
+            (``decoder.input_norm: fixed``): it removes the frame's contrast, which carries the
+            phase amplitude; kept for checkpoints trained with it.
     """
 
     def __init__(

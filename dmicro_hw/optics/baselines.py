@@ -101,7 +101,7 @@ def build_encoder(
     """Encoder by name: ``lff`` | ``gpc`` | ``plain`` | ``d2nn``."""
     cfg = kind if isinstance(kind, EncoderConfig) else EncoderConfig(kind=kind)
     if cfg.kind == "lff":
-        return LFFEncoder(optics, sensor, **kwargs)
+        return LFFEncoder(optics, sensor, init=cfg.init, **kwargs)
     if cfg.kind == "gpc":
         return GPCEncoder(optics, sensor, **kwargs)
     if cfg.kind == "plain":

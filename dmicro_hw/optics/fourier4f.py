@@ -48,6 +48,8 @@ class FourierFilter(nn.Module):
     """Learnable complex filter H = sigmoid(a) · exp(iθ) · pupil (paper's parametrisation).
 
     ``learn_amplitude=False`` gives a phase-only filter (amplitude 1 inside the pupil).
+    ``init``: ``flat`` (clear aperture), ``gpc`` (π/2 on the DC disk, the GPC baseline's filter,
+    so the learned filter starts at that baseline) or ``random`` (small random phase).
     """
 
     def __init__(
@@ -62,8 +64,14 @@ class FourierFilter(nn.Module):
         if init == "random":
             g = torch.Generator().manual_seed(0)
             phase0 = 0.1 * torch.randn(size, size, generator=g)
-        else:
+        elif init == "gpc":  # the GPC baseline's filter: π/2 on the DC disk
+            from dmicro_hw.optics.baselines import phase_contrast_filter
+
+            phase0 = torch.angle(phase_contrast_filter(size, pupil_radius=2.0)).float()
+        elif init == "flat":
             phase0 = torch.zeros(size, size)
+        else:
+            raise ValueError(f"init must be 'flat', 'gpc' or 'random', got {init!r}")
         self.phase = nn.Parameter(phase0)
         self.register_buffer("pupil", pupil_mask(size, pupil_radius))
 
@@ -121,9 +129,10 @@ class LFFEncoder(Encoder):
         sensor: SensorConfig | None = None,
         learn_amplitude: bool = True,
         filter_transform: FilterTransform | nn.Module | None = None,
+        init: str = "flat",
     ) -> None:
         super().__init__(optics, sensor)
-        self.filter = FourierFilter(optics.field_size, optics.pupil_radius, learn_amplitude)
+        self.filter = FourierFilter(optics.field_size, optics.pupil_radius, learn_amplitude, init)
         self.filter_transform = filter_transform
 
     def effective_filter(self) -> torch.Tensor:

@@ -157,8 +157,14 @@ def _as_checkpoint(checkpoint: Path | str | dict[str, Any]) -> dict[str, Any]:
 def checkpoint_config(checkpoint: Path | str | dict[str, Any]) -> TrainConfig:
     """The :class:`TrainConfig` a checkpoint was trained with."""
     ck = _as_checkpoint(checkpoint)
+    cfg = ck.get("config")
+    if isinstance(cfg, dict) and isinstance(cfg.get("decoder"), dict):
+        if "input_norm" not in cfg["decoder"]:  # saved before the key: decoders standardised
+            cfg = {**cfg, "decoder": {**cfg["decoder"], "input_norm": "per_frame"}}
+        if isinstance(cfg.get("encoder"), dict) and "init" not in cfg["encoder"]:
+            cfg = {**cfg, "encoder": {**cfg["encoder"], "init": "flat"}}
     try:
-        return TrainConfig.model_validate(ck["config"])
+        return TrainConfig.model_validate(cfg)
     except Exception as e:
         raise CheckpointError(
             f"{ck.get('_path', '<checkpoint>')}: stored config is not valid for this "

@@ -1,0 +1,1 @@
+"""Scoring and validation: checkpoints on any data, known objects, benchmarks."""
