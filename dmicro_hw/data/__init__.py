@@ -1,4 +1,5 @@
-"""Phase data: synthetic cell phantoms, calibration targets and user folders of phase maps.
+"""Phase data: synthetic cell phantoms, beads (spheres), calibration targets and user folders of
+phase maps.
 
 Every dataset yields float32 tensors (N, N) of phase in radians within [0, ``phase_max_rad``]
 and exposes ``phase_max_rad`` so the training can normalise targets to [0, 1].
@@ -15,16 +16,20 @@ __all__ = [
     "FolderPhaseDataset",
     "SyntheticPhaseDataset",
     "build_datasets",
+    "generate_beads",
     "generate_cells",
     "phase_target",
+    "sphere_phase",
 ]
 
 _LAZY = {
     "FolderPhaseDataset": "dmicro_hw.data.folder",
     "SyntheticPhaseDataset": "dmicro_hw.data.synthetic",
     "build_datasets": "dmicro_hw.data.datasets",
+    "generate_beads": "dmicro_hw.data.beads",
     "generate_cells": "dmicro_hw.data.phantoms",
     "phase_target": "dmicro_hw.data.phantoms",
+    "sphere_phase": "dmicro_hw.data.beads",
 }
 
 
