@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 PLACEMENT_TRIES = 200  # random positions tried per bead before the field is declared full
-GAP_PX = 1.0  # minimum clear distance between two bead rims, pixels
 
 
 @dataclass(frozen=True)
@@ -162,6 +161,7 @@ def generate_beads(
     start: int = 0,
     stream: int = 0,
     margin_px: float = 2.0,
+    gap_px: float = 1.0,
 ) -> tuple[np.ndarray, list[list[Bead]]]:
     """Fields of non-overlapping spheres as phase maps, with their true parameters.
 
@@ -181,12 +181,13 @@ def generate_beads(
         seed, start, stream: sample ``start + j`` depends only on ``(seed, stream, start + j)``
             and the arguments (:func:`~dmicro_hw.data.phantoms.sample_rng`).
         margin_px: minimum clear distance from every bead rim to the field border, pixels.
+        gap_px: minimum clear distance between the rims of two beads, pixels.
 
     Returns:
         ``(phase, beads)``: float32 array (n, size, size) in radians (background exactly 0;
         values in [0, peak] for Δn > 0, [peak, 0] for Δn < 0) and, per sample, the list of
         :class:`Bead` (centre in pixels, radius in metres, index, medium index). Beads do not
-        overlap (rims ≥ 1 px apart) and stay ``margin_px`` from the border.
+        overlap (rims ≥ ``gap_px`` apart) and stay ``margin_px`` from the border.
 
     Raises:
         ValueError: a parameter is out of range (names it and the numbers), e.g. the peak phase
@@ -199,8 +200,9 @@ def generate_beads(
             raise ValueError(f"{name} must be finite and > 0, got {v}")
     if not math.isfinite(medium_index) or medium_index <= 0:
         raise ValueError(f"medium_index must be finite and > 0, got {medium_index}")
-    if not (math.isfinite(margin_px) and margin_px >= 0):
-        raise ValueError(f"margin_px must be ≥ 0, got {margin_px}")
+    for name, v in (("margin_px", margin_px), ("gap_px", gap_px)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be finite and ≥ 0, got {v}")
     r_lo, r_hi = _span(radius_m, "radius_m")
     n_lo, n_hi = _span(index, "index")
     c_lo, c_hi = (int(count), int(count)) if isinstance(count, int) else map(int, count)
@@ -245,7 +247,7 @@ def generate_beads(
             for _ in range(PLACEMENT_TRIES):
                 cy, cx = rng.uniform(lo, hi, size=2)
                 if all(
-                    math.hypot(cy - b.cy, cx - b.cx) >= r_px + b.radius_m / pixel_size_m + GAP_PX
+                    math.hypot(cy - b.cy, cx - b.cx) >= r_px + b.radius_m / pixel_size_m + gap_px
                     for b in beads
                 ):
                     placed = (float(cy), float(cx))
