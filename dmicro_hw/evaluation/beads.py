@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 MAD_TO_SIGMA = 1.4826  # σ of a Gaussian from its median absolute deviation
+BORDER_CLEAR_PX = 1.0  # a fitted sphere must end this far inside the image (else it may be cut)
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,9 @@ class BeadFit:
     """The fit of one bead. Lengths in metres unless ``_px``; phases in radians.
 
     ``ok`` is False when the fit did not converge, a parameter ended on its bound, the
-    covariance is singular or the residual RMS exceeds ``max_rel_residual`` of the peak phase;
-    ``reason`` says which.
+    covariance is singular, the fitted sphere ends within ``BORDER_CLEAR_PX`` of the image border
+    (it may be cut) or the residual RMS
+    exceeds ``max_rel_residual`` of the peak phase; ``reason`` says which.
     """
 
     cy_px: float
@@ -246,6 +248,7 @@ def fit_bead(
         sig = np.full(p0.size, np.nan)
         reason = "singular Jacobian (no uncertainty)"
     cy, cx, r_px, dn, off = (float(v) for v in res.x)
+    e = BORDER_CLEAR_PX - 0.5  # pixel edges are at −0.5 and size − 0.5
     rms = math.sqrt(s2 * dof / m) if m else float("nan")
     peak = 4 * math.pi * r_px * pixel_size_m * dn / wavelength_m
     if not res.success:
@@ -254,6 +257,8 @@ def fit_bead(
         names = ("cy", "cx", "radius", "Δn", "offset")
         at = [names[i] for i in np.flatnonzero(res.active_mask)]
         reason = reason or f"{', '.join(at)} on its bound"
+    elif min(cy - r_px, cx - r_px) < e or max(cy + r_px - h, cx + r_px - w) > -1 - e:
+        reason = reason or f"sphere within {BORDER_CLEAR_PX:g} px of the image border (cut?)"
     elif rms > max_rel_residual * abs(peak):
         reason = reason or f"poor fit (residual {rms:.3g} rad > {max_rel_residual:g} of peak)"
     return BeadFit(
