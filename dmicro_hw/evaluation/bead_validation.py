@@ -354,9 +354,10 @@ def validate_folder(
 ) -> BeadReport:
     """Fit the beads of up to ``frames`` phase maps (radians) of a folder or file."""
     from dmicro_hw.config import load_rig_config
-    from dmicro_hw.data.folder import load_folder
+    from dmicro_hw.data.folder import list_files, load_folder
 
     path = Path(folder)
+    list_files(path)  # an empty folder is reported before missing parameters
     rig = load_rig_config(rig_config) if rig_config is not None else None
     p = resolve_params(
         rig,
