@@ -24,45 +24,44 @@ def report_table(report: Any) -> Any:
     t.add_column("given / truth", justify="right")
     what = "decoded frames" if report.kind == "run" else "phase maps"
     t.add_row(what, str(len(report.images)), "")
-    t.add_row("beads fitted (ok / rejected)", f"{s['count']} / {s['rejected']}", "")
+    t.add_row("beads ok / rejected", f"{s['count']} / {s['rejected']}", "")
     if tr is not None:
         t.add_row(
-            "beads found / expected (lost, spurious)",
+            "found / expected",
             f"{tr['found']} / {tr['expected']}",
             f"lost {tr['lost']}, spurious {tr['spurious']}",
         )
-    med_sigma = [f.index_sigma for f in report.fits if f.ok]
-    sig = f" (fit σ {sorted(med_sigma)[len(med_sigma) // 2]:.1e})" if med_sigma else ""
     t.add_row(
-        "index median ± spread",
-        f"{_fmt(s['index_median'], '.4f')} ± {_fmt(s['index_spread'], '.4f')}{sig}",
+        "index: median ± spread",
+        f"{_fmt(s['index_median'], '.4f')} ± {_fmt(s['index_spread'], '.4f')}",
         _fmt(p.index, ".4f"),
     )
     if "index_error_median" in s:
         t.add_row(
-            "index median |error| (bias)",
+            "index: median |error| (bias)",
             f"{_fmt(s['index_error_median'], '.4f')} ({_fmt(s['index_bias'], '+.4f')})",
             "",
         )
+    t.add_row("index: fit σ (median)", _fmt(s["index_sigma_median"], ".1e"), "")
     t.add_row("medium index", "", f"{p.medium_index:.4f}")
     t.add_row(
-        "radius median ± spread µm",
+        "radius µm: median ± spread",
         f"{_fmt(s['radius_median_m'], '.3f', 1e6)} ± {_fmt(s['radius_spread_m'], '.3f', 1e6)}",
         _fmt(p.radius_m, ".3f", 1e6),
     )
     if tr is not None:
-        rad_med = _fmt(tr["radius_error_median_rel"], ".1%")
         t.add_row(
-            "radius |error| vs true radius: median (max)",
-            f"{rad_med} ({_fmt(tr['radius_error_max_rel'], '.1%')})",
-            "",
+            "radius: |error| median (max)",
+            f"{_fmt(tr['radius_error_median_rel'], '.1%')} "
+            f"({_fmt(tr['radius_error_max_rel'], '.1%')})",
+            "per-bead truth",
         )
-    t.add_row("residual RMS median rad", _fmt(s["residual_rms_median_rad"], ".3f"), "")
+    t.add_row("residual RMS rad (median)", _fmt(s["residual_rms_median_rad"], ".3f"), "")
     if ref is not None:
         t.add_row(
-            "reference: fit on the true phase",
-            f"index err {_fmt(ref.get('truth_index_error_median'), '.1e')}, radius err "
-            f"{_fmt(ref.get('truth_radius_error_median_rel'), '.2%')}",
+            "same fit on the true phase",
+            f"index {_fmt(ref.get('truth_index_error_median'), '.0e')}, "
+            f"radius {_fmt(ref.get('truth_radius_error_median_rel'), '.2%')}",
             f"{ref.get('truth_found')} / {ref.get('truth_expected')} found",
         )
     return t

@@ -333,6 +333,11 @@ def fit_beads(
     return fits
 
 
+def _median(v: list[float]) -> float | None:
+    v = [x for x in v if math.isfinite(x)]
+    return float(np.median(v)) if v else None
+
+
 def _robust(v: np.ndarray) -> dict[str, float | None]:
     if v.size == 0:
         return {"median": None, "spread": None}
@@ -349,7 +354,8 @@ def summarize_fits(
     """Medians and robust spreads (1.4826·MAD) of index and radius over the ok fits.
 
     Returns a flat dict: ``count`` (ok fits), ``rejected`` (fits not ok), ``index_median``,
-    ``index_spread``, ``radius_median_m``, ``radius_spread_m``, ``residual_rms_median_rad``;
+    ``index_spread``, ``radius_median_m``, ``radius_spread_m``, ``residual_rms_median_rad``,
+    ``index_sigma_median`` and ``radius_sigma_median_m`` (the fits' own uncertainties);
     with ``given_index``: ``index_error_median`` (median of |index − given|) and
     ``index_bias`` (median index − given); with ``given_radius_m``: ``radius_error_median_rel``
     (median of |R − given| / given) and ``radius_bias_rel``.
@@ -365,9 +371,9 @@ def summarize_fits(
         "index_spread": ri["spread"],
         "radius_median_m": rr["median"],
         "radius_spread_m": rr["spread"],
-        "residual_rms_median_rad": (
-            float(np.median([f.residual_rms_rad for f in ok])) if ok else None
-        ),
+        "residual_rms_median_rad": _median([f.residual_rms_rad for f in ok]),
+        "index_sigma_median": _median([f.index_sigma for f in ok]),
+        "radius_sigma_median_m": _median([f.radius_sigma_m for f in ok]),
     }
     if given_index is not None:
         out["index_error_median"] = float(np.median(np.abs(idx - given_index))) if ok else None
