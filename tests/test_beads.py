@@ -312,7 +312,7 @@ def bead_run(bead_rig) -> Path:
 def test_cli_validate_beads_on_a_simulated_bead_run(bead_run):
     p = cli("validate", "beads", str(bead_run), "--frames", "24")
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "beads found / expected" in p.stdout and "index median" in p.stdout
+    assert "found / expected" in p.stdout and "index: median |error|" in p.stdout
     rep = json.loads((bead_run / "beads.json").read_text())
     assert (bead_run / "beads.png").stat().st_size > 10_000
     par = rep["parameters"]

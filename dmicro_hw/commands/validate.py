@@ -106,18 +106,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Fit every bead (projected sphere) and report index and radius against the given."""
         from rich.console import Console
 
-        from dmicro_hw.evaluation.bead_validation import is_run, validate_beads, write_report
-
-        report = validate_beads(
-            path,
-            frames=frames,
-            rig_config=config,
-            wavelength_m=wavelength_m,
-            pixel_size_m=pixel_size_m,
-            medium_index=medium_index,
-            index=index,
-            radius_m=radius_m,
+        from dmicro_hw.evaluation.bead_validation import (
+            BeadOverrides,
+            is_run,
+            validate_beads,
+            write_report,
         )
+
+        given = BeadOverrides(wavelength_m, pixel_size_m, medium_index, index, radius_m)
+        report = validate_beads(path, frames=frames, rig_config=config, given=given)
         if out is None:
             out = Path(report.source) if is_run(path) else Path("runs/validate-beads")
         files = write_report(report, out)

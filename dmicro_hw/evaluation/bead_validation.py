@@ -37,6 +37,17 @@ DEFAULT_FRAMES = 32
 EDGE_CLEAR_PX = 2.0  # a true bead is expected to be found when its rim is this far inside, px
 
 
+@dataclass(frozen=True)
+class BeadOverrides:
+    """Values given on the command line; each wins over the rig's (None: take the rig's)."""
+
+    wavelength_m: float | None = None
+    pixel_size_m: float | None = None
+    medium_index: float | None = None
+    index: float | None = None  # given bead index
+    radius_m: float | None = None  # given nominal bead radius
+
+
 @dataclass
 class BeadParams:
     """Optics and sample parameters of a validation, with where each came from."""
@@ -97,16 +108,10 @@ class BeadReport:
 
 
 def resolve_params(
-    rig: Any | None,
-    *,
-    rig_source: str,
-    wavelength_m: float | None = None,
-    pixel_size_m: float | None = None,
-    medium_index: float | None = None,
-    index: float | None = None,
-    radius_m: float | None = None,
+    rig: Any | None, *, rig_source: str, given: BeadOverrides = BeadOverrides()
 ) -> BeadParams:
     """Flags first, then the rig (``optics``; ``bench.beads`` when ``bench.sample`` is beads)."""
+    g = given
     origin: dict[str, str] = {}
     beads = rig.bench.beads if rig is not None and rig.bench.sample == "beads" else None
 
@@ -121,11 +126,12 @@ def resolve_params(
             return float(from_rig)
         return None
 
-    wl = pick("wavelength_m", wavelength_m, rig and rig.optics.wavelength_m, "optics.wavelength_m")
-    px = pick("pixel_size_m", pixel_size_m, rig and rig.optics.pixel_size_m, "optics.pixel_size_m")
-    nm = pick("medium_index", medium_index, beads and beads.medium_index, "bench.beads")
-    idx = pick("index", index, beads and beads.index, "bench.beads")
-    rad = pick("radius_m", radius_m, beads and beads.radius_m, "bench.beads")
+    optics = rig.optics if rig is not None else None
+    wl = pick("wavelength_m", g.wavelength_m, optics and optics.wavelength_m, "optics.wavelength_m")
+    px = pick("pixel_size_m", g.pixel_size_m, optics and optics.pixel_size_m, "optics.pixel_size_m")
+    nm = pick("medium_index", g.medium_index, beads and beads.medium_index, "bench.beads")
+    idx = pick("index", g.index, beads and beads.index, "bench.beads")
+    rad = pick("radius_m", g.radius_m, beads and beads.radius_m, "bench.beads")
     missing = [
         f"--{n.replace('_', '-')}"
         for n, v in (("wavelength_m", wl), ("pixel_size_m", px), ("medium_index", nm))
@@ -162,6 +168,30 @@ def _fit_all(images: list[np.ndarray], names: list[str], p: BeadParams) -> list[
         )
         for img, name in zip(images, names)
     ]
+
+
+def _fit_report(
+    source: str, kind: str, p: BeadParams, images: list[np.ndarray], names: list[str]
+) -> tuple[BeadReport, list[list[BeadFit]]]:
+    """Fit every image; DataError when no bead fits. Returns the report and the fits per image."""
+    per_image = _fit_all(images, names, p)
+    fits = [f for fs in per_image for f in fs]
+    if not any(f.ok for f in fits):
+        what = "decoded frames" if kind == "run" else "phase maps"
+        raise DataError(
+            f"{source}: no beads found in {len(images)} {what} "
+            f"({len(fits)} candidates, none fitted the sphere model)"
+        )
+    report = BeadReport(
+        source,
+        kind,
+        p,
+        names,
+        fits,
+        summarize_fits(fits, given_index=p.index, given_radius_m=p.radius_m),
+        example=_pick_example(images, per_image, p.index),
+    )
+    return report, per_image
 
 
 def _pick_example(
@@ -258,11 +288,7 @@ def validate_run(
     *,
     frames: int = DEFAULT_FRAMES,
     rig_config: Path | str | None = None,
-    wavelength_m: float | None = None,
-    pixel_size_m: float | None = None,
-    medium_index: float | None = None,
-    index: float | None = None,
-    radius_m: float | None = None,
+    given: BeadOverrides = BeadOverrides(),
 ) -> BeadReport:
     """Fit the beads of up to ``frames`` decoded frames of a run (see the module docstring)."""
     from dmicro_hw.acquisition.writer import RECON_OK, RunReader
@@ -276,15 +302,7 @@ def validate_run(
         rig, source = validate(RigConfig, rig_d, f"{reader.path} (recorded rig)"), "recorded rig"
     else:
         rig, source = None, f"{reader.path} (no recorded rig)"
-    p = resolve_params(
-        rig,
-        rig_source=source,
-        wavelength_m=wavelength_m,
-        pixel_size_m=pixel_size_m,
-        medium_index=medium_index,
-        index=index,
-        radius_m=radius_m,
-    )
+    p = resolve_params(rig, rig_source=source, given=given)
     if not reader.has_phase:
         raise DataError(f"{reader.path}: no phase in this run (decode it: dmicro reconstruct RUN)")
     ok = np.flatnonzero(reader.recon_status() == RECON_OK)
@@ -300,22 +318,8 @@ def validate_run(
     if not all(np.isfinite(im).all() for im in images):
         raise DataError(f"{reader.path}: decoded phase contains NaN or Inf")
     names = [f"frame {int(fids[i])}" for i in sel]
-    per_image = _fit_all(images, names, p)
-    fits = [f for fs in per_image for f in fs]
-    if not any(f.ok for f in fits):
-        raise DataError(
-            f"{reader.path}: no beads found in {len(images)} decoded frames "
-            f"({len(fits)} candidates, none fitted the sphere model)"
-        )
-    report = BeadReport(
-        str(reader.path.parent if reader.path.name == "run.zarr" else reader.path),
-        "run",
-        p,
-        names,
-        fits,
-        summarize_fits(fits, given_index=p.index, given_radius_m=p.radius_m),
-        example=_pick_example(images, per_image, p.index),
-    )
+    folder = reader.path.parent if reader.path.name == "run.zarr" else reader.path
+    report, per_image = _fit_report(str(folder), "run", p, images, names)
     if rig is not None and rig.camera.backend == "sim" and rig.bench.sample == "beads":
         _add_sim_truth(report, rig, [int(fids[i]) for i in sel], per_image)
     return report
@@ -346,11 +350,7 @@ def validate_folder(
     *,
     frames: int = DEFAULT_FRAMES,
     rig_config: Path | str | None = None,
-    wavelength_m: float | None = None,
-    pixel_size_m: float | None = None,
-    medium_index: float | None = None,
-    index: float | None = None,
-    radius_m: float | None = None,
+    given: BeadOverrides = BeadOverrides(),
 ) -> BeadReport:
     """Fit the beads of up to ``frames`` phase maps (radians) of a folder or file."""
     from dmicro_hw.config import load_rig_config
@@ -359,39 +359,17 @@ def validate_folder(
     path = Path(folder)
     list_files(path)  # an empty folder is reported before missing parameters
     rig = load_rig_config(rig_config) if rig_config is not None else None
-    p = resolve_params(
-        rig,
-        rig_source=str(rig_config) if rig_config is not None else f"{path} (no --config)",
-        wavelength_m=wavelength_m,
-        pixel_size_m=pixel_size_m,
-        medium_index=medium_index,
-        index=index,
-        radius_m=radius_m,
-    )
+    source = str(rig_config) if rig_config is not None else f"{path} (no --config)"
+    p = resolve_params(rig, rig_source=source, given=given)
     maps = load_folder(path, content="phase", min_size=8)
     maps = [maps[int(i)] for i in _pick_frames(len(maps), frames)]
     images = [m.phase.astype(np.float64) for m in maps]
-    names = [m.source for m in maps]
-    per_image = _fit_all(images, names, p)
-    fits = [f for fs in per_image for f in fs]
-    if not any(f.ok for f in fits):
-        raise DataError(
-            f"{path}: no beads found in {len(images)} phase maps "
-            f"({len(fits)} candidates, none fitted the sphere model)"
-        )
-    return BeadReport(
-        str(path),
-        "folder",
-        p,
-        names,
-        fits,
-        summarize_fits(fits, given_index=p.index, given_radius_m=p.radius_m),
-        example=_pick_example(images, per_image, p.index),
-    )
+    return _fit_report(str(path), "folder", p, images, [m.source for m in maps])[0]
 
 
 def validate_beads(path: Path | str, **kwargs: Any) -> BeadReport:
-    """A run or a folder, whichever ``path`` is; missing path → DataError."""
+    """A run or a folder, whichever ``path`` is (keyword arguments of :func:`validate_run`);
+    missing path → DataError."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: not found (give a run folder or a folder of phase maps)")
