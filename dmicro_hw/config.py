@@ -10,7 +10,6 @@ radians. Relative paths inside a config file are resolved against the file's own
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -352,9 +351,11 @@ class RigConfig(StrictModel):
         and the largest bead (plus the tile margin) inside the field."""
         if self.bench.sample != "beads":
             return self
+        from dmicro_hw.data.beads import peak_phase_rad
+
         b, o = self.bench.beads, self.optics
         r_hi = b.radius_range_m[1]
-        peak = 4 * math.pi * r_hi * abs(b.delta_n) / o.wavelength_m
+        peak = peak_phase_rad(r_hi, abs(b.delta_n), o.wavelength_m)
         if peak > self.bench.phase_max_rad:
             raise ValueError(
                 f"bench.beads: peak phase 4π·R·|Δn|/λ = {peak:.3f} rad (R = radius_m "
@@ -386,6 +387,11 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"]
+        if e["type"] == "value_error":  # our validators' messages name their keys themselves
+            msg = msg.removeprefix("Value error, ")
+            if not e["loc"]:
+                lines.append(msg)
+                continue
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the README for allowed keys)"
         elif e["type"] in ("literal_error", "enum") and "expected" in e.get("ctx", {}):
