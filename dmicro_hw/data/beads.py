@@ -135,8 +135,8 @@ def sphere_phase(
 
 
 def _span(value: float | Sequence[float], name: str) -> tuple[float, float]:
-    if isinstance(value, (int, float)):
-        lo = hi = float(value)
+    if np.ndim(value) == 0:
+        lo = hi = float(value)  # type: ignore[arg-type]
     else:
         if len(value) != 2:
             raise ValueError(f"{name} must be a number or a (lo, hi) pair, got {value!r}")
@@ -205,7 +205,7 @@ def generate_beads(
             raise ValueError(f"{name} must be finite and ≥ 0, got {v}")
     r_lo, r_hi = _span(radius_m, "radius_m")
     n_lo, n_hi = _span(index, "index")
-    c_lo, c_hi = (int(count), int(count)) if isinstance(count, int) else map(int, count)
+    c_lo, c_hi = (int(count), int(count)) if np.ndim(count) == 0 else map(int, count)
     if r_lo <= 0:
         raise ValueError(f"radius_m must be > 0, got {radius_m!r}")
     if c_lo < 0 or c_lo > c_hi:
