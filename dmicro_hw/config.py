@@ -350,15 +350,64 @@ class MismatchConfig(StrictModel):
     scale: float = Field(1.0, ge=0, le=5, description="multiplies every mismatch magnitude")
 
 
+def strip_fade_px(field_size: int) -> int:
+    """Columns over which each N×N tile of the virtual bench's sample strip fades to the
+    background at its left and right edges (N/16, at least 1)."""
+    return max(1, int(field_size) // 16)
+
+
+def bench_bead_margin_px(field_size: int) -> int:
+    """Clear distance (px) from every bead rim to the border of its bench tile: the tile fade
+    plus 3 px, so no bead is faded and every bead is whole in the strip."""
+    return strip_fade_px(field_size) + 3
+
+
+class BeadSampleConfig(StrictModel):
+    """Bead sample of the virtual bench (``bench.sample: beads``): homogeneous dielectric
+    spheres with the exact projected phase (:mod:`dmicro_hw.data.beads`), ``count`` per N×N
+    tile of the strip, non-overlapping, seeded by ``bench.seed``. The wavelength and pixel size
+    are the rig's optics; the peak phase 4π·R_max·|Δn|/λ must not exceed ``bench.phase_max_rad``.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    index: float = Field(1.59, gt=0, lt=5, description="bead refractive index (polystyrene 1.59)")
+    medium_index: float = Field(1.555, gt=0, lt=5, description="refractive index of the medium")
+    radius_m: float = Field(2.0e-6, gt=0, lt=1e-3, description="nominal bead radius, metres")
+    radius_spread: float = Field(
+        0.1, ge=0, lt=1, description="radii drawn uniformly in radius_m·(1 ± radius_spread)"
+    )
+    count: int = Field(3, ge=1, le=64, description="beads per N×N tile of the sample strip")
+
+    @property
+    def delta_n(self) -> float:
+        """Index contrast index − medium_index."""
+        return self.index - self.medium_index
+
+    @property
+    def radius_range_m(self) -> tuple[float, float]:
+        """(smallest, largest) radius drawn, metres."""
+        return (self.radius_m * (1 - self.radius_spread), self.radius_m * (1 + self.radius_spread))
+
+    @model_validator(mode="after")
+    def _contrast(self) -> BeadSampleConfig:
+        if self.index == self.medium_index:
+            raise ValueError(
+                f"index {self.index} equals medium_index: Δn = 0, the beads would be invisible"
+            )
+        return self
+
+
 class BenchConfig(StrictModel):
     """Virtual optical bench (simulators)."""
 
-    sample: Literal["cells", "target"] = "cells"
+    sample: Literal["cells", "target", "beads"] = "cells"
     flow_px_per_frame: float = Field(2.0, ge=0)
     seed: int = 0
     phase_max_rad: float = Field(3.141592653589793, gt=0)
     mismatch: MismatchConfig = MismatchConfig()
     faults: FaultsConfig = FaultsConfig()
+    beads: BeadSampleConfig = BeadSampleConfig()
     frame_rate_hz: float = Field(100.0, gt=0, le=100000)
     latency_s: float = Field(0.0, ge=0, le=1)
 
@@ -401,6 +450,33 @@ class RigConfig(StrictModel):
     bench: BenchConfig = BenchConfig()
     acquisition: AcquisitionConfig = AcquisitionConfig()
 
+    @model_validator(mode="after")
+    def _bead_sample(self) -> RigConfig:
+        """With ``bench.sample: beads``: the beads' peak phase within ``bench.phase_max_rad``
+        and the largest bead (plus the tile margin) inside the field."""
+        if self.bench.sample != "beads":
+            return self
+        from dmicro_hw.data.beads import peak_phase_rad
+
+        b, o = self.bench.beads, self.optics
+        r_hi = b.radius_range_m[1]
+        peak = peak_phase_rad(r_hi, abs(b.delta_n), o.wavelength_m)
+        if peak > self.bench.phase_max_rad:
+            raise ValueError(
+                f"bench.beads: peak phase 4π·R·|Δn|/λ = {peak:.3f} rad (R = radius_m "
+                f"{b.radius_m:.4g} × (1 + radius_spread {b.radius_spread:g}), Δn = index "
+                f"{b.index:g} − medium_index {b.medium_index:g}, λ = optics.wavelength_m "
+                f"{o.wavelength_m:.4g}) exceeds bench.phase_max_rad {self.bench.phase_max_rad:.3f}"
+            )
+        margin = bench_bead_margin_px(o.field_size)
+        if 2 * (r_hi / o.pixel_size_m + margin) >= o.field_size:
+            raise ValueError(
+                f"bench.beads: a bead of radius {r_hi:.4g} m ({r_hi / o.pixel_size_m:.1f} px at "
+                f"optics.pixel_size_m {o.pixel_size_m:.4g}) plus the {margin}-px tile margin "
+                f"does not fit in the {o.field_size}-px field (optics.field_size)"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------------------------
 # Loading
@@ -426,6 +502,11 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"]
+        if e["type"] == "value_error":  # our validators' messages name their keys themselves
+            msg = msg.removeprefix("Value error, ")
+            if not e["loc"]:
+                lines.append(msg)
+                continue
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the README for allowed keys)"
         elif e["type"] in ("literal_error", "enum") and "expected" in e.get("ctx", {}):

@@ -16,9 +16,12 @@ must find it through frames only, so it lives in private attributes and the one 
 *Sample stream.* ``bench.sample: cells``: a periodic strip of ``strip_tiles`` synthetic-cell tiles
 (generated once from ``bench.seed``) scrolls through the N×N field at ``bench.flow_px_per_frame``
 (sub-pixel, linear interpolation; positions are quantised to 1/1024 px so that the sequence is
-exactly periodic). ``bench.sample: target``: a static phase target. :meth:`VirtualBench.set_sample`
-puts any known (N, N) phase in place (calibration). :meth:`VirtualBench.true_phase` returns the
-exact phase the bench imaged for any frame id — recomputed on demand, nothing per frame is stored.
+exactly periodic). ``bench.sample: beads``: the same strip made of bead tiles (``bench.beads``:
+non-overlapping spheres kept clear of each tile's faded edges; :meth:`VirtualBench.true_beads`
+gives the true beads of any frame). ``bench.sample: target``: a static phase target.
+:meth:`VirtualBench.set_sample` puts any known (N, N) phase in place (calibration).
+:meth:`VirtualBench.true_phase` returns the exact phase the bench imaged for any frame id —
+recomputed on demand, nothing per frame is stored.
 
 *Speed.* Everything runs under ``torch.no_grad``; the realised filter is cached per displayed
 pattern (ifftshift folded in once), the tilt ramp and the camera-registration grid are computed
@@ -49,6 +52,8 @@ from dmicro_hw.config import (
     RigConfig,
     SensorConfig,
     SLMModelConfig,
+    bench_bead_margin_px,
+    strip_fade_px,
 )
 from dmicro_hw.errors import FrameShapeError
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
@@ -86,7 +91,7 @@ def _strip_from_tiles(tiles: np.ndarray) -> np.ndarray:
     each tile fades to the (zero) background over its outer N/16 columns (raised cosine).
     """
     n = tiles.shape[-1]
-    m = max(1, n // 16)
+    m = strip_fade_px(n)
     w = np.ones(n, dtype=np.float32)
     ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
     w[:m], w[n - m :] = ramp, ramp[::-1]
@@ -146,6 +151,7 @@ class VirtualBench:
         self._strip: np.ndarray | None = None
         self._static: np.ndarray | None = None
         self._sample_version = 0
+        self._bead_tiles_truth: list[list[Any]] = []  # bench.sample beads: true beads per tile
         self.strip_tiles = int(strip_tiles)
         self._flow_q = int(round(self.bench_cfg.flow_px_per_frame * POSITION_QUANTUM))
         self._init_sample()
@@ -203,10 +209,35 @@ class VirtualBench:
                 phantoms.phase_target(n, "resolution", cfg.phase_max_rad), dtype=np.float32
             )
         else:
-            tiles = phantoms.generate_cells(self.strip_tiles, n, cfg.phase_max_rad, cfg.seed)
+            self._bead_tiles_truth = []
+            if cfg.sample == "beads":
+                tiles, self._bead_tiles_truth = self._bead_tiles()
+            else:
+                tiles = phantoms.generate_cells(self.strip_tiles, n, cfg.phase_max_rad, cfg.seed)
             self._strip = _strip_from_tiles(np.asarray(tiles, dtype=np.float32))
             self._static = None
         self._sample_version += 1
+
+    def _bead_tiles(self) -> tuple[np.ndarray, list[list[Any]]]:
+        """(T, N, N) tiles of beads (``bench.beads``) and the true beads of each tile."""
+        from dmicro_hw.data.beads import generate_beads
+
+        b, n = self.bench_cfg.beads, self.field_size
+        r_lo, r_hi = b.radius_range_m
+        return generate_beads(
+            self.strip_tiles,
+            n,
+            pixel_size_m=self.optics.pixel_size_m,
+            wavelength_m=self.optics.wavelength_m,
+            index=b.index,
+            medium_index=b.medium_index,
+            radius_m=(r_lo, r_hi),
+            count=b.count,
+            phase_max_rad=self.bench_cfg.phase_max_rad,
+            seed=self.bench_cfg.seed,
+            margin_px=bench_bead_margin_px(n),
+            gap_px=r_hi / self.optics.pixel_size_m,
+        )
 
     # ------------------------------------------------------------------ sample
     def set_sample(self, phase: np.ndarray | torch.Tensor) -> None:
@@ -260,6 +291,28 @@ class VirtualBench:
         """The exact sample phase (N, N) float32 radians the bench imaged for ``frame_id``."""
         with self._lock:
             return np.array(self._phase_at(self._position_q(frame_id)), dtype=np.float32)
+
+    def true_beads(self, frame_id: int) -> list[Any]:
+        """The beads wholly inside the field for ``frame_id`` (``bench.sample: beads``), as
+        :class:`~dmicro_hw.data.beads.Bead` with centres in frame pixels; [] for other samples
+        (and after :meth:`set_sample`). Exact for whole-pixel flow steps; with sub-pixel steps
+        the imaged phase is the strip's linear interpolation at that position."""
+        import dataclasses
+
+        with self._lock:
+            if self._static is not None or not self._bead_tiles_truth:
+                return []
+            n, length = self.field_size, self._strip.shape[1]
+            pos = self._position_q(frame_id) / POSITION_QUANTUM
+            px = self.optics.pixel_size_m
+            out = []
+            for t, beads in enumerate(self._bead_tiles_truth):
+                for b in beads:
+                    cx = (b.cx + t * n - pos) % length
+                    r = b.radius_m / px
+                    if cx - r >= -0.5 and cx + r <= n - 0.5:
+                        out.append(dataclasses.replace(b, cx=float(cx)))
+            return sorted(out, key=lambda b: (b.cx, b.cy))
 
     # ------------------------------------------------------------------ display (SimSLM side)
     def display(

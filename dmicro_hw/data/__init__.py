@@ -1,4 +1,5 @@
-"""Phase data: phantom families and their mixtures, calibration targets, user folders.
+"""Phase data: phantom families and their mixtures, beads (exact spheres), calibration targets,
+user folders of phase maps.
 
 Every dataset yields float32 tensors (N, N) of phase in radians within [0, ``phase_max_rad``]
 and exposes ``phase_max_rad`` so the training can normalise targets to [0, 1].
@@ -17,8 +18,10 @@ __all__ = [
     "MixturePhaseDataset",
     "SyntheticPhaseDataset",
     "build_datasets",
+    "generate_beads",
     "generate_cells",
     "phase_target",
+    "sphere_phase",
 ]
 
 _LAZY = {
@@ -27,8 +30,10 @@ _LAZY = {
     "MixturePhaseDataset": "dmicro_hw.data.synthetic",
     "SyntheticPhaseDataset": "dmicro_hw.data.synthetic",
     "build_datasets": "dmicro_hw.data.datasets",
+    "generate_beads": "dmicro_hw.data.beads",
     "generate_cells": "dmicro_hw.data.phantoms",
     "phase_target": "dmicro_hw.data.phantoms",
+    "sphere_phase": "dmicro_hw.data.beads",
 }
 
 

@@ -1,1 +1,4 @@
-"""Scoring and validation: checkpoints on any data, known objects, benchmarks."""
+"""Scoring and validation of the instrument: known-object (bead) fits and run validation.
+
+This package may import :mod:`dmicro_hw.simulators` (to score simulated runs against the truth).
+"""
