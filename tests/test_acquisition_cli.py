@@ -181,6 +181,36 @@ def test_cli_free_run_writes_raw_phase_records_and_scores(assets, tmp_path):
     assert attrs["patterns"][0]["id"] == side["sha256"]["pattern"][:16]
     assert attrs["complete"] and attrs["pixel_format"] == "Mono12"
     assert "psnr_db" in r.group and np.isfinite(r.group["psnr_db"][:]).all()
+    # every decoded frame re-simulated through the rig's model: χ²/dof stored and summarised
+    chi2 = r.consistency()
+    assert chi2.shape == (48,) and np.isfinite(chi2).all() and (chi2 > 0).all()
+    con = run["consistency"]
+    assert con["checked"] == 48 and con["chi2_dof_median"] == pytest.approx(
+        float(np.median(chi2)), rel=1e-3
+    )
+    assert con["unreliable"] == int((chi2 > con["threshold"]).sum())
+    # offline: decode again with refinement through the same model — the residual goes down
+    p = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dmicro")),
+            "reconstruct",
+            str(out),
+            "--force",
+            "--refine",
+            "10",
+            "--no-score",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    rep = json.loads((out / "reconstruct.json").read_text())
+    assert rep["decoder"]["refine_iterations"] == 10 and rep["ms_per_frame"] > 0
+    refined = RunReader(out / "run.zarr").consistency()
+    assert np.median(refined) < np.median(chi2)
+    assert rep["consistency"]["checked"] == 48
 
 
 def test_cli_sigint_stops_cleanly_with_exit_0(assets, tmp_path):
