@@ -141,7 +141,7 @@ def reconstruct_store(
         recon.check_frame_shape(reader.frame_shape)
     n = reader.committed
     trusted = reader.phase_committed
-    pw = PhaseWriter(reader, recon.field_size, recon.pixel_size_m)
+    pw = PhaseWriter(reader, recon.field_size, recon.pixel_size_m, recon.phase_max_rad)
     status_arr = pw.side.arrays["recon_status"]
     phase_arr = pw.side.arrays["phase"]
     chi2_arr = pw.side.arrays["consistency"]
@@ -306,7 +306,7 @@ def make_views(
     if np_:
         pidx = idx[idx < np_]
         ph = np.asarray(
-            reader.group["phase"].get_orthogonal_selection((pidx, slice(None), slice(None)))
+            reader.phase_array.get_orthogonal_selection((pidx, slice(None), slice(None)))
         )
         _montage_png(
             out / "phase.png",
@@ -341,7 +341,7 @@ def _write_mp4(
     raw = reader.raw_frames(0, n).astype(np.float32)
     lo, hi = np.percentile(raw, [0.5, 99.5])
     has_phase = reader.has_phase and reader.phase_committed > 0
-    size = reader.group["phase"].shape[1] if has_phase else max(raw.shape[1:]) * 4
+    size = reader.phase_array.shape[1] if has_phase else max(raw.shape[1:]) * 4
     size += size % 2
     width = 2 * size if has_phase else size
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, size))
