@@ -158,6 +158,12 @@ def test_cli_free_run_writes_raw_phase_records_and_scores(assets, tmp_path):
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "frames written" in p.stdout and "PSNR dB" in p.stdout
+    # piped: progress is whole lines on stderr, never on stdout, never cut to a width
+    assert "acquiring" not in p.stdout
+    lines = [ln for ln in p.stderr.splitlines() if " acquiring " in ln]
+    assert lines, p.stderr
+    assert "48/48" in lines[-1] and "decoded 48 (skip 0)" in lines[-1]
+    assert lines[-1].endswith(" ms") and "…" not in lines[-1]
     r = RunReader(out / "run.zarr")
     assert r.committed == 48 and r.raw.shape == (48, 16, 16)
     assert r.frame_shape == (16, 16) and r.raw.dtype == np.uint16

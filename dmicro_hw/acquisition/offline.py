@@ -3,7 +3,7 @@
 Decoding uses the same :class:`~dmicro_hw.acquisition.reconstruct.Reconstructor` as the live
 worker, configured from what the run recorded (rig config, checkpoint path and hash, camera
 gain/offset, pixel format). It walks the committed frames chunk by chunk (Zarr chunks along t), or
-hands the chunks to Dask when it is installed and asked for (``use_dask``), writes phase and
+hands the chunks to Dask (``use_dask``, with ``force``; extra ``[dask]``), writes phase and
 ``recon_status`` and advances ``phase_committed`` — so it can be interrupted and re-run, and it
 only decodes frames that are not yet ``ok`` unless ``force``.
 """
@@ -19,17 +19,10 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.acquisition.writer import RECON_OK, PhaseWriter, RunReader
-from dmicro_hw.errors import CheckpointError, DataError
+from dmicro_hw.errors import CheckpointError, ConfigError, DataError
+from dmicro_hw.extras import require
 
 log = logging.getLogger(__name__)
-
-
-def dask_available() -> bool:
-    try:
-        import dask.array  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def reconstructor_for_run(
@@ -149,13 +142,15 @@ def reconstruct_store(
     t0 = time.perf_counter()
     decoded = already = 0
     n_chunks = math.ceil(n / chunk) if n else 0
-    if use_dask and dask_available() and force:
+    if use_dask:
+        if not force:
+            raise ConfigError("use_dask decodes every frame again: it needs force=True (--force)")
+        require("dask.array", "--dask")
         decoded = _dask_decode(reader, recon, phase_arr, n)
         status_arr[:n] = np.full(n, RECON_OK, np.uint8)
+        chi2_arr[:n] = np.full(n, np.nan, np.float32)  # not checked on this path: no stale values
         pw.set_committed(n)
     else:
-        if use_dask and not dask_available():
-            log.warning("dask is not installed: decoding chunk by chunk")
         for c in range(n_chunks):
             s, e = c * chunk, min(n, (c + 1) * chunk)
             status = np.asarray(status_arr[s:e])
@@ -204,7 +199,7 @@ def reconstruct_store(
         "seconds": round(dt, 3),
         "fps": round(decoded / dt, 1) if dt > 0 and decoded else None,
         "decoder": recon.info(),
-        "dask": bool(use_dask and dask_available() and force),
+        "dask": bool(use_dask),
         "consistency": consistency_summary(chi2, consistency_threshold)
         if getattr(recon, "measurement", None) is not None
         else None,
