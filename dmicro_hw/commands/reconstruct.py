@@ -124,18 +124,36 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="run folder or its run.zarr"),
         out: Path | None = typer.Option(None, "--out", "-o", help="folder (default RUN/view)"),
         frames: int = typer.Option(16, "--frames", "-n", min=1, max=400, help="montage size"),
-        mp4: bool = typer.Option(True, "--mp4/--no-mp4", help="also write run.mp4 if possible"),
+        mp4: bool | None = typer.Option(
+            None,
+            "--mp4/--no-mp4",
+            help="H.264 video run.mp4 (default: when imageio-ffmpeg, extra [video], is installed)",
+            show_default=False,
+        ),
         fps: float = typer.Option(15.0, "--fps", min=1.0, max=240.0),
     ) -> None:
-        """Write raw.png and phase.png montages (and run.mp4: raw | phase) of a stored run."""
-        from dmicro_hw.acquisition.offline import make_views
+        """Write raw.png and phase.png montages and run.mp4 (raw | phase, frame ids burnt in);
+        frames without phase (skipped, errors, not decoded) are marked and counted."""
+        from dmicro_hw.acquisition.view import make_views
         from dmicro_hw.progress import make_console
 
-        res = make_views(run, out, n_frames=frames, mp4=mp4, fps=fps)
+        res = make_views(run, out, n_frames=frames, video=mp4, fps=fps)
         console = make_console()
-        console.print(f"{res['frames']} frames ({res['phase_frames']} with phase) → {res['out']}")
+        st = res["status"]
+        rest = ", ".join(f"{v} {k}" for k, v in st.items() if v and k != "ok")
+        console.print(
+            f"{res['frames']} frames: {st.get('ok', 0)} with phase"
+            + (f", {rest}" if rest else "")
+            + f" → {res['out']}",
+            soft_wrap=True,
+        )
         for k, v in res["files"].items():
-            console.print(f"  {k}: {v if v else 'not written (no MP4 encoder)'}")
+            if v:
+                console.print(f"  {k}: {v}", soft_wrap=True)
+            elif k == "mp4":
+                console.print(
+                    "  mp4: not written (needs imageio-ffmpeg: pip install 'dmicro-hw[video]')"
+                )
 
 
 def _score_if_simulated(store: Path, decoder: dict) -> dict | None:
