@@ -40,6 +40,9 @@ def _producers() -> list[tuple[Path, str]]:
 
 def _enumerate_cameras(cti: Path) -> str:
     """One line per device the producer sees (loads the producer in this process)."""
+    from dmicro_hw.extras import require
+
+    require("harvesters.core", "dmicro devices genicam")
     from harvesters.core import Harvester, ParameterKey, ParameterSet
 
     from dmicro_hw.drivers.genicam_camera import _hv_log, check_producer, describe_device
