@@ -255,7 +255,15 @@ def test_cli_sigkill_leaves_readable_store_that_reconstruct_completes(assets, tm
     r = RunReader(out / "run.zarr")
     assert r.phase_committed == n and (r.recon_status() == RECON_OK).all()
     assert np.isfinite(r.phase()).all()
-    assert _run(app, ["view", str(out), "--frames", "4"]) == 0
+    first = r.phase()
+    # the same with Dask over the Zarr chunks (--dask needs --force): same phase
+    pytest.importorskip("dask")
+    args = ["reconstruct", str(out), "--no-score", "--threads", "1", "--dask", "--force"]
+    assert _run(app, args) == 0
+    r = RunReader(out / "run.zarr")
+    assert r.phase_committed == n and (r.recon_status() == RECON_OK).all()
+    np.testing.assert_allclose(r.phase(), first, atol=1e-5)
+    assert _run(app, ["view", str(out), "--frames", "4", "--no-mp4"]) == 0
     assert (out / "view" / "raw.png").stat().st_size > 0
     assert (out / "view" / "phase.png").stat().st_size > 0
 

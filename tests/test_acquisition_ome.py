@@ -10,43 +10,17 @@ import numpy as np
 import pytest
 import zarr
 
-from dmicro_hw.acquisition.writer import RECON_OK, RECON_SKIPPED, RunReader, RunWriter
+from dmicro_hw.acquisition.writer import RECON_OK, RunReader
 
 PIXEL_M = 0.3164e-6  # object-plane pixel of the phase; raw is ×4 (k = 4)
 
 
-def _records(ids):
-    ids = np.asarray(ids, np.int64)
-    return {
-        "frame_id": ids,
-        "device_time": ids * 10,
-        "host_time": ids + 0.5,
-        "exposure_s": np.full(len(ids), 1e-3),
-        "pattern_index": np.zeros(len(ids), np.int32),
-    }
-
-
 @pytest.fixture(scope="module")
-def run_store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ome") / "run.zarr"
-    w = RunWriter(
-        path,
-        frame_shape=(8, 8),
-        dtype=np.uint16,
-        chunk_frames=4,
-        phase_size=32,
-        raw_pixel_m=4 * PIXEL_M,
-        phase_pixel_m=PIXEL_M,
-        frame_interval_s=1e-3,
-        attrs={"bits_per_pixel": 12, "recon": {"phase_max_rad": 3.0}},
-    )
+def run_store(tmp_path_factory, make_run):
     rng = np.random.default_rng(0)
-    w.append(rng.integers(100, 4000, (10, 8, 8)).astype(np.uint16), _records(range(10)))
     ph = np.linspace(0.5, 2.5, 9 * 32 * 32, dtype=np.float32).reshape(9, 32, 32)
-    w.append_phase(ph, np.full(9, RECON_OK, np.uint8))
-    w.append_phase(None, np.full(1, RECON_SKIPPED, np.uint8))
-    w.finalize()
-    return path
+    raw = rng.integers(100, 4000, (10, 8, 8))
+    return make_run(tmp_path_factory.mktemp("ome") / "run.zarr", raw, ph, skipped=1)
 
 
 def test_metadata_validates_with_ome_zarr_models(run_store):

@@ -7,36 +7,14 @@ import numpy as np
 import pytest
 
 from dmicro_hw.acquisition.view import make_views
-from dmicro_hw.acquisition.writer import RECON_OK, RECON_SKIPPED, RunWriter
 
 
 @pytest.fixture(scope="module")
-def run_with_skips(tmp_path_factory):
-    path = tmp_path_factory.mktemp("view") / "run.zarr"
-    w = RunWriter(
-        path,
-        frame_shape=(8, 8),
-        dtype=np.uint16,
-        chunk_frames=4,
-        phase_size=32,
-        raw_pixel_m=1e-6,
-        phase_pixel_m=0.25e-6,
-        attrs={"recon": {"phase_max_rad": 3.0}},
-    )
-    ids = np.arange(100, 112)
-    raw = np.stack([np.full((8, 8), 100 + 10 * i, np.uint16) for i in range(12)])
-    rec = {
-        "frame_id": ids,
-        "device_time": ids,
-        "host_time": ids * 1.0,
-        "exposure_s": np.full(12, 1e-3),
-        "pattern_index": np.zeros(12, np.int32),
-    }
-    w.append(raw, rec)
-    w.append_phase(np.full((6, 32, 32), 2.0, np.float32), np.full(6, RECON_OK, np.uint8))
-    w.append_phase(None, np.full(3, RECON_SKIPPED, np.uint8))  # decoder fell behind
-    w.finalize()  # frames 9..11: no phase at all (not decoded)
-    return path
+def run_with_skips(tmp_path_factory, make_run):
+    """12 frames: 6 decoded (2 rad), 3 skipped (decoder behind), 3 never decoded."""
+    raw = np.stack([np.full((8, 8), 100 + 10 * i) for i in range(12)])
+    phase = np.full((6, 32, 32), 2.0)
+    return make_run(tmp_path_factory.mktemp("view") / "run.zarr", raw, phase, skipped=3)
 
 
 def test_view_counts_and_marks_frames_without_phase(run_with_skips, tmp_path):

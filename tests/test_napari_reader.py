@@ -10,42 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmicro_hw.acquisition.writer import RECON_OK, RunWriter
 from dmicro_hw.napari_reader import get_reader
 
 MANIFEST = Path(__file__).resolve().parents[1] / "dmicro_hw" / "napari.yaml"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, make_run):
     d = tmp_path_factory.mktemp("napari") / "run-01"
-    w = RunWriter(
-        d / "run.zarr",
-        frame_shape=(8, 8),
-        dtype=np.uint16,
-        chunk_frames=4,
-        phase_size=32,
-        raw_pixel_m=4 * 0.3164e-6,
-        phase_pixel_m=0.3164e-6,
-        frame_interval_s=1e-3,
-        attrs={"bits_per_pixel": 12, "recon": {"phase_max_rad": 3.0}},
-    )
-    ids = np.arange(7)
-    w.append(
-        np.stack([np.full((8, 8), 200 + i, np.uint16) for i in ids]),
-        {
-            "frame_id": ids,
-            "device_time": ids,
-            "host_time": ids * 1.0,
-            "exposure_s": np.full(7, 1e-3),
-            "pattern_index": np.zeros(7, np.int32),
-        },
-    )
-    w.append_phase(
-        np.linspace(0.2, 2.8, 5 * 1024, dtype=np.float32).reshape(5, 32, 32),
-        np.full(5, RECON_OK, np.uint8),
-    )
-    w.finalize()
+    raw = np.stack([np.full((8, 8), 200 + i) for i in range(7)])
+    phase = np.linspace(0.2, 2.8, 5 * 1024).reshape(5, 32, 32)
+    make_run(d / "run.zarr", raw, phase)
     return d
 
 
