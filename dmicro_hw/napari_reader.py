@@ -14,13 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmicro_hw.acquisition.writer import RunReader
+from dmicro_hw.acquisition.writer import RunReader, image_array
 from dmicro_hw.errors import DmicroError
 
 LayerData = tuple[Any, dict[str, Any], str]
 
 #: colour map and unit per image name (others: grey, no unit)
-STYLE = {"raw": ("gray", "ADU"), "phase": ("cividis", "rad")}
+STYLE = {
+    "raw": ("gray", "ADU"),
+    "phase": ("cividis", "rad"),
+    "consistency": ("magma", "chi2/dof"),  # the per-frame model consistency map, when stored
+}
 
 
 def _is_run(path: Path) -> bool:
@@ -67,10 +71,9 @@ def read_run(path: str | list[str]) -> list[LayerData]:
             arr, n = r.raw, r.committed
         elif name == "phase":
             arr, n = r.phase_array, r.phase_committed
-        else:  # a later per-frame image: its frames follow the raw ones
-            from dmicro_hw.acquisition.writer import image_array
-
-            arr, n = image_array(r.group, name), r.committed
+        else:  # another per-frame image (e.g. consistency), written beside the phase
+            arr = image_array(r.group, name)
+            n = min(r.phase_committed or r.committed, arr.shape[0]) if arr is not None else 0
         if arr is None or n == 0:
             continue
         cmap, unit = STYLE.get(name, ("gray", ""))
