@@ -46,14 +46,14 @@ def interval_s() -> float:
 
 def make_console(stderr: bool = False) -> Any:
     """A rich console; off a terminal it is wide (160 columns unless ``COLUMNS`` says more)
-    so tables and paths are not folded at rich's default of 80."""
+    so tables are not folded at rich's default of 80, and lines of text are never wrapped."""
     from rich.console import Console
 
     probe = Console(stderr=stderr)
     if probe.is_terminal:
         return probe
     width = max(160, int(os.environ.get("COLUMNS", "0") or 0))
-    return Console(stderr=stderr, width=width)
+    return Console(stderr=stderr, width=width, soft_wrap=True)  # lines of text never wrapped
 
 
 def make_progress(*columns: Any, console: Any = None, transient: bool = False) -> Any:

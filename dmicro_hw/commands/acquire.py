@@ -35,7 +35,7 @@ def summary_table(summary: dict[str, Any]) -> Any:
 
     from dmicro_hw.acquisition.session import scalar_summary
 
-    t = Table(title=f"run {summary.get('store', '')}", show_header=True, header_style="bold")
+    t = Table(title="run summary", show_header=True, header_style="bold")
     t.add_column("figure")
     t.add_column("value", justify="right")
     for k, v in scalar_summary(summary).items():
