@@ -281,7 +281,7 @@ def plot_registration(
         ):
             axes[i, j].imshow(overlay(cap, norm(sim)), interpolation="nearest")
             axes[i, j].set_title(
-                f"{k}: captured (magenta) / {name} (green)\nwhite = agree", fontsize=8
+                f"{k}\ncaptured (magenta) · {name} (green)\nwhite = agree", fontsize=7
             )
         im = axes[i, 2].imshow(cap, cmap=RAW_CMAP, vmin=0, vmax=1, interpolation="nearest")
         axes[i, 2].set_title(f"{k}: captured", fontsize=8)
