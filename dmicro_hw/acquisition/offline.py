@@ -147,9 +147,8 @@ def reconstruct_store(
         if not force:
             raise ConfigError("use_dask decodes every frame again: it needs force=True (--force)")
         require("dask.array", "--dask")
-        decoded = _dask_decode(reader, recon, phase_arr, n)
+        decoded = _dask_decode(reader, recon, phase_arr, chi2_arr, n)
         status_arr[:n] = np.full(n, RECON_OK, np.uint8)
-        chi2_arr[:n] = np.full(n, np.nan, np.float32)  # not checked on this path: no stale values
         pw.set_committed(n)
     else:
         for c in range(n_chunks):
@@ -208,19 +207,26 @@ def reconstruct_store(
     }
 
 
-def _dask_decode(reader: RunReader, recon: Any, phase_arr: Any, n: int) -> int:
-    """Decode all ``n`` frames with Dask: one task per Zarr chunk, written chunk-aligned."""
+def _dask_decode(reader: RunReader, recon: Any, phase_arr: Any, chi2_arr: Any, n: int) -> int:
+    """Decode all ``n`` frames with Dask: one task per Zarr chunk, written chunk-aligned; the
+    χ²/dof of each frame (NaN when no measurement model is set) is written after."""
     import dask
     import dask.array as da
 
     raw = da.from_zarr(reader.raw)[:n]
     size = recon.field_size
+    chi2 = np.full(n, np.nan, dtype=np.float32)
 
-    def block(x: np.ndarray) -> np.ndarray:
-        return recon(np.asarray(x))
+    def block(x: np.ndarray, block_info: Any = None) -> np.ndarray:
+        out, c = recon.decode(np.asarray(x))
+        if c is not None and block_info is not None:
+            lo = int(block_info[0]["array-location"][0][0])
+            chi2[lo : lo + len(c)] = c
+        return out
 
     out = raw.map_blocks(block, dtype=np.float32, chunks=(raw.chunks[0], (size,), (size,)))
     # threads share the one model; the decoder itself is already parallel
     with dask.config.set(scheduler="threads", num_workers=1):
         da.store(out, phase_arr, regions=(slice(0, n),), lock=False)
+    chi2_arr[:n] = chi2
     return n
