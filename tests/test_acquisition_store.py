@@ -116,14 +116,9 @@ def test_ring_property_order_and_accounting(ops):
 
 
 def _records(ids):
-    ids = np.asarray(ids)
-    return {
-        "frame_id": ids,
-        "device_time": ids * 10,
-        "host_time": ids + 0.5,
-        "exposure_s": np.full(len(ids), 1e-3),
-        "pattern_index": np.zeros(len(ids), np.int32),
-    }
+    from conftest import frame_records  # tests/conftest.py: the shared per-frame records
+
+    return frame_records(ids)
 
 
 def test_writer_records_gaps_metadata_and_trims(tmp_path):
