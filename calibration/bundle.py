@@ -213,12 +213,9 @@ def load_bundle(path: Path | str, rig: RigConfig | None = None) -> CalibrationBu
 
 
 def _plt():
-    import matplotlib
+    from dmicro_hw.figures import plt
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return plt()
 
 
 def plot_lut(
@@ -261,8 +258,12 @@ def plot_registration(
     footprint: np.ndarray | None = None,
     dc: tuple[float, float] | None = None,
 ) -> Path:
-    """Registration overlay: per probe, captured vs nominal model vs fitted model (red/green
-    overlays of edges), plus the SLM with the fitted filter footprint and DC position."""
+    """Registration overlay: per probe, captured vs nominal model vs fitted model (magenta /
+    green overlays, white where they agree — readable with red/green colour blindness), the
+    captured frame with its colour bar, plus the SLM with the fitted filter footprint and DC
+    position."""
+    from dmicro_hw.figures import RAW_CMAP, colorbar, overlay
+
     plt = _plt()
     keys = list(captured)
     cols = 3 + (1 if slm_grey is not None else 0)
@@ -278,19 +279,31 @@ def plot_registration(
         for j, (name, sim) in enumerate(
             (("nominal model", simulated_nominal[k]), ("fitted model", simulated_fit[k]))
         ):
-            rgb = np.stack([cap, norm(sim), np.zeros_like(cap)], -1)
-            axes[i, j].imshow(rgb, interpolation="nearest")
-            axes[i, j].set_title(f"{k}: captured (R) / {name} (G)", fontsize=8)
-        axes[i, 2].imshow(cap, cmap="gray", interpolation="nearest")
+            axes[i, j].imshow(overlay(cap, norm(sim)), interpolation="nearest")
+            axes[i, j].set_title(
+                f"{k}\ncaptured (magenta) · {name} (green)\nwhite = agree", fontsize=7
+            )
+        im = axes[i, 2].imshow(cap, cmap=RAW_CMAP, vmin=0, vmax=1, interpolation="nearest")
         axes[i, 2].set_title(f"{k}: captured", fontsize=8)
+        colorbar(fig, im, axes[i, 2], "intensity (1–99 % range → 0–1)")
         if slm_grey is not None:
             ax = axes[i, 3]
             if i == 0:
-                ax.imshow(slm_grey, cmap="gray", interpolation="nearest")
+                sim_im = ax.imshow(slm_grey, cmap=RAW_CMAP, interpolation="nearest")
+                colorbar(fig, sim_im, ax, "SLM grey level")
                 if footprint is not None:
-                    ax.plot(footprint[:, 1], footprint[:, 0], "c-", lw=1, label="pupil (fit)")
+                    ax.plot(
+                        footprint[:, 1],
+                        footprint[:, 0],
+                        "-",
+                        color="#0072B2",
+                        lw=1.2,
+                        label="pupil (fit)",
+                    )
                 if dc is not None:
-                    ax.plot([dc[1]], [dc[0]], "r+", ms=12, label="DC (fit)")
+                    ax.plot([dc[1]], [dc[0]], "+", color="#E69F00", ms=12, mew=2, label="DC (fit)")
+                ax.set_xlabel("SLM x (pixels)", fontsize=7)
+                ax.set_ylabel("SLM y (pixels)", fontsize=7)
                 ax.legend(fontsize=7)
                 ax.set_title("SLM: fitted footprint", fontsize=8)
             else:
@@ -308,6 +321,8 @@ def plot_residuals(
     path: Path, before: dict[str, np.ndarray], after: dict[str, np.ndarray], sigma: dict
 ) -> Path:
     """Residual maps (captured − model, in noise σ) before (nominal) and after calibration."""
+    from dmicro_hw.figures import DIVERGING_CMAP, colorbar
+
     plt = _plt()
     keys = list(before)
     fig, axes = plt.subplots(2, len(keys), figsize=(2.4 * len(keys), 5), squeeze=False)
@@ -315,12 +330,14 @@ def plot_residuals(
         for i, (label, d) in enumerate((("before", before[k]), ("after", after[k]))):
             z = d / np.maximum(sigma[k], 1e-9)
             lim = max(3.0, float(np.percentile(np.abs(z), 99))) if i == 0 else 3.0
-            im = axes[i, j].imshow(z, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            im = axes[i, j].imshow(
+                z, cmap=DIVERGING_CMAP, vmin=-lim, vmax=lim, interpolation="nearest"
+            )
             rms = float(np.sqrt(np.mean(z**2)))
             axes[i, j].set_title(f"{k} {label}\nRMS {rms:.1f}σ", fontsize=7)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
-            fig.colorbar(im, ax=axes[i, j], fraction=0.046, pad=0.02)
+            colorbar(fig, im, axes[i, j], "residual (σ)", pad=0.02)
     fig.suptitle("residual maps (captured − model) / σ: nominal model vs fitted model")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -14,9 +14,10 @@ The curve: the per-level phases are unwrapped in grey order and fitted by the pa
 φ(g) = s·range·(g/levels)^γ (weighted least squares with a systematic floor of
 ``LUT_SYSTEMATIC_RAD`` added to each level's σ, covariance of γ and s); when that curve does
 not explain the points (χ²/dof > ``PARAMETRIC_CHI2_MAX``), a monotone curve is used instead:
-isotonic regression of the points (pool-adjacent-violators) interpolated by a shape-preserving
-PCHIP. The table has one phase per grey level (relative to grey 0: a global phase does not change
-images) and a 1-σ band per level. The export inverts it (``lut.npy`` in the bundle).
+isotonic regression of the points (scipy.optimize.isotonic_regression) interpolated by a
+shape-preserving PCHIP. The table has one phase per grey level (relative to grey 0: a global
+phase does not change images) and a 1-σ band per level. The export inverts it (``lut.npy`` in
+the bundle).
 """
 
 from __future__ import annotations
@@ -161,15 +162,12 @@ def unwrap_monotone(greys: np.ndarray, phases: np.ndarray) -> np.ndarray:
 
 
 def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted isotonic (non-decreasing) regression by pool-adjacent-violators."""
-    blocks: list[list[float]] = []  # [value, weight, count]
-    for yi, wi in zip(y, w):
-        blocks.append([float(yi), float(wi), 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            v2, w2, n2 = blocks.pop()
-            v1, w1, n1 = blocks.pop()
-            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
-    return np.concatenate([[b[0]] * b[2] for b in blocks])
+    """Weighted isotonic (non-decreasing) regression (scipy's pool-adjacent-violators)."""
+    from scipy.optimize import isotonic_regression
+
+    y = np.asarray(y, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    return np.asarray(isotonic_regression(y, weights=w, increasing=True).x)
 
 
 @dataclass

@@ -5,7 +5,8 @@ parameters (LUT γ/scale, SLM offset/rotation/scale, Zernike terms, illumination
 shift/rotation/scale, gain/offset) are fitted so that the simulated frames of a *known* phase target
 under a set of displayed SLM patterns match the captured ones.
 
-Method: weighted non-linear least squares, solved by Levenberg–Marquardt.
+Method: weighted non-linear least squares, solved by ``scipy.optimize.least_squares``
+(trust-region reflective, parameter bounds inside the trust region).
 
 * residual r_p = (model_p(θ) − mean_p) / σ_p for every camera pixel p of every observation,
   where mean_p is the average of the captured frames and σ_p² the variance of that mean (from the
@@ -382,7 +383,7 @@ class ForwardModel:
 
 
 # --------------------------------------------------------------------------------------------
-# Levenberg–Marquardt
+# Least squares (scipy)
 # --------------------------------------------------------------------------------------------
 
 
@@ -393,7 +394,7 @@ class FitResult:
     ``values``/``sigma``: fitted parameters and 1-σ uncertainties (same units as the system),
     ``correlation``: parameter correlation matrix (names order), ``chi2_dof``: reduced χ²,
     ``per_observation``: pattern id → {kind, rms_noise_units, rms_adu, chi2_pixel},
-    ``history``: cost per iteration, ``converged``: LM stopped on a small relative change.
+    ``history``: ‖r‖² per accepted iterate, ``converged``: the solver stopped on a tolerance.
     """
 
     names: list[str]
@@ -442,89 +443,114 @@ class LeastSquaresProblem:
         self.w = torch.as_tensor(np.stack(ws), dtype=torch.float64)
         self.y = torch.as_tensor(np.stack([o.mean for o in observations]), dtype=torch.float64)
         self.x0 = np.array([get_param(system, s) / s.step for s in self.specs])
+        self._last: tuple[np.ndarray, torch.Tensor] | None = None
 
     def set_x(self, x: np.ndarray) -> None:
         for s, v in zip(self.specs, x):
             set_param(self.system, s, float(v) * s.step)
 
     def residuals(self, x: np.ndarray) -> torch.Tensor:
+        x = np.asarray(x, dtype=np.float64)
+        if self._last is not None and np.array_equal(self._last[0], x):
+            self.set_x(x)
+            return self._last[1]
         self.set_x(x)
-        return ((self.fm.frames() - self.y) * self.w).reshape(-1)
+        r = ((self.fm.frames() - self.y) * self.w).reshape(-1)
+        self._last = (x.copy(), r)
+        return r
 
-    def jacobian(self, x: np.ndarray, central: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def jacobian(
+        self,
+        x: np.ndarray,
+        central: bool = False,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Residual at x and its Jacobian (n_res, n_par) by finite differences (h = 1 unit).
 
         Forward differences by default (one simulation per parameter, MINPACK-style); the step
-        of one scaled unit is each parameter's ``step``, small against its plausible range.
+        of one scaled unit is each parameter's ``step``, small against its plausible range. A
+        forward step that would leave ``upper`` is taken backwards instead.
         """
+        x = np.asarray(x, dtype=np.float64)
         r0 = self.residuals(x)
         jac: list[torch.Tensor | None] = [None] * len(x)
         for i in range(len(x)):
+            h = 0.5 if central else 1.0
+            if upper is not None and x[i] + h > upper[i]:
+                h = -h
             xp = x.copy()
-            xp[i] += 0.5 if central else 1.0
+            xp[i] += h
             rp = self.residuals(xp)
             if central:
                 xm = x.copy()
-                xm[i] -= 0.5
-                jac[i] = rp - self.residuals(xm)
+                xm[i] -= h
+                jac[i] = (rp - self.residuals(xm)) * math.copysign(1.0, h)
             else:
-                jac[i] = rp - r0
+                jac[i] = (rp - r0) / h
         self.set_x(x)
         return r0, torch.stack(jac, dim=1)
 
 
-def levenberg_marquardt(
+def _bounds(
+    problem: LeastSquaresProblem, bounds: dict[str, tuple[float, float]] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of the scaled parameters (±inf where none is given)."""
+    lo = np.full(len(problem.specs), -np.inf)
+    hi = np.full(len(problem.specs), np.inf)
+    for i, s in enumerate(problem.specs):
+        if bounds and s.name in bounds:
+            lo[i], hi[i] = sorted(b / s.step for b in bounds[s.name])
+    return lo, hi
+
+
+def solve(
     problem: LeastSquaresProblem,
     max_iter: int = 30,
     tol: float = 1e-5,
     callback: Callable[[int, float], None] | None = None,
     bounds: dict[str, tuple[float, float]] | None = None,
-) -> tuple[np.ndarray, torch.Tensor, list[float], bool]:
-    """Minimise ½‖r(x)‖² (scaled parameters); returns x, final Jacobian, cost history, converged."""
-    x = problem.x0.copy()
-    lo = np.full(len(x), -np.inf)
-    hi = np.full(len(x), np.inf)
-    for i, s in enumerate(problem.specs):
-        if bounds and s.name in bounds:
-            lo[i], hi[i] = (b / s.step for b in bounds[s.name])
-    lam = 1e-3
-    r, jac = problem.jacobian(x)
-    cost = float(r.square().sum())
-    history = [cost]
-    converged = False
-    for it in range(max_iter):
-        jtj = jac.T @ jac
-        g = jac.T @ r
-        diag = torch.diag(jtj).clamp_min(1e-9)
-        improved = False
-        for _ in range(10):
-            a = jtj + lam * torch.diag(diag)
-            try:
-                dx = -torch.linalg.solve(a, g).numpy()
-            except RuntimeError:
-                dx = -(torch.linalg.pinv(a) @ g).numpy()
-            xn = np.clip(x + dx, lo, hi)
-            rn = problem.residuals(xn)
-            cn = float(rn.square().sum())
-            if np.isfinite(cn) and cn < cost:
-                improved = True
-                break
-            lam *= 8.0
-        if not improved:
-            converged = True
-            break
-        rel = (cost - cn) / max(cost, 1e-12)
-        x, cost = xn, cn
-        lam = max(lam / 5.0, 1e-7)
-        history.append(cost)
-        if callback:
-            callback(it, cost)
-        r, jac = problem.jacobian(x)
-        if rel < tol:
-            converged = True
-            break
-    problem.set_x(x)
-    return x, jac, history, converged
+) -> tuple[np.ndarray, np.ndarray, list[float], bool]:
+    """Minimise ½‖r(x)‖² over the scaled parameters with ``scipy.optimize.least_squares``
+    (trust-region reflective, bounds honoured by the trust region rather than by clipping).
+
+    The Jacobian is the problem's finite-difference one (one scaled unit per parameter, steps
+    taken inwards at a bound; filters cached per parameter group), evaluated only at accepted
+    points. Returns x, the Jacobian at x, ‖r‖² at each accepted point, and whether the solver
+    stopped on a tolerance (not on the evaluation budget).
+    """
+    from scipy.optimize import least_squares
+
+    lo, hi = _bounds(problem, bounds)
+    x0 = np.clip(problem.x0, lo, hi)
+    history: list[float] = []
+
+    def fun(x: np.ndarray) -> np.ndarray:
+        return problem.residuals(x).numpy()
+
+    def jac(x: np.ndarray) -> np.ndarray:
+        r, j = problem.jacobian(x, lower=lo, upper=hi)
+        history.append(float(r.square().sum()))
+        if callback and len(history) > 1:
+            callback(len(history) - 2, history[-1])
+        return j.numpy()
+
+    sol = least_squares(
+        fun,
+        x0,
+        jac=jac,
+        bounds=(lo, hi),
+        method="trf",
+        x_scale=1.0,  # parameters are already in units of their typical change
+        ftol=tol,
+        xtol=1e-8,
+        gtol=1e-10,
+        max_nfev=2 * max_iter + 1,
+    )
+    problem.set_x(sol.x)
+    if not history or len(history) < 1:
+        history.append(float(2 * sol.cost))
+    return sol.x, np.asarray(sol.jac), history, bool(sol.status > 0)
 
 
 def fit(
@@ -543,14 +569,12 @@ def fit(
     named stay fixed. Returns the values, 1-σ uncertainties and per-observation residuals.
     """
     problem = LeastSquaresProblem(system, targets, observations, names, sigma)
-    x, jac, history, converged = levenberg_marquardt(
-        problem, max_iter, callback=callback, bounds=bounds
-    )
+    x, jac, history, converged = solve(problem, max_iter, callback=callback, bounds=bounds)
     r = problem.residuals(x)
     n_res, n_par = r.numel(), len(names)
     dof = max(n_res - n_par, 1)
     chi2_dof = float(r.square().sum()) / dof
-    jtj = (jac.T @ jac).numpy()
+    jtj = jac.T @ jac
     try:
         cov = np.linalg.inv(jtj)
     except np.linalg.LinAlgError:

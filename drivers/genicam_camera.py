@@ -236,6 +236,9 @@ class GenICamCamera:
         """Load the producer, open the device and write the configured nodes (not streaming)."""
         if self._ia is not None:
             return self
+        from dmicro_hw.extras import require
+
+        require("harvesters.core", "camera.backend: genicam")
         from harvesters.core import Harvester, ParameterKey, ParameterSet
 
         self.producers = self._resolve_producers()

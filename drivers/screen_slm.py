@@ -290,6 +290,9 @@ class ScreenSLM:
         global _GUI_DISPLAY
         if self._open:
             return self
+        from dmicro_hw.extras import require
+
+        require("cv2", "slm.backend: screen")
         disp, origin, limit = self._target()
         rows, cols = self.shape
         if limit is not None and not self.fullscreen:

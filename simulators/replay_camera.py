@@ -3,11 +3,13 @@
 Sources (``camera.replay_path``, or ``camera.options.path``):
 
 * a Zarr store written by the acquisition (``<run>.zarr``, or a run folder holding
-  ``run.zarr``): array ``raw`` (t, y, x) and, when present, 1-D arrays ``frame_id``,
-  ``device_time``, ``host_time``, ``exposure_s`` and ``pattern_id`` (or ``pattern_index`` into
-  the ``patterns`` attribute table). Only committed frames are replayed — the ``committed``
-  counter array if present, else the ``committed_frames`` attribute — since a crash may leave
-  trailing fill-value frames. Attributes are read from the root and from its ``dmicro`` entry.
+  ``run.zarr``): the image ``raw`` (t, y, x) — the array ``raw/0`` of the run's OME-Zarr
+  collection, or an array ``raw`` at the root of any Zarr store — and, when present, 1-D
+  arrays ``frame_id``, ``device_time``, ``host_time``, ``exposure_s`` and ``pattern_id``
+  (or ``pattern_index`` into the ``patterns`` attribute table). Only committed frames are
+  replayed — the ``committed`` counter array if present, else the ``committed_frames``
+  attribute — since a crash may leave trailing fill-value frames. Attributes are read from
+  the root and from its ``dmicro`` entry.
   ``device_time`` is in ticks of ``timestamp_frequency_hz`` (default 1 GHz) when integer, in
   seconds when float;
 * a multi-page TIFF (one frame per page) or a 3-D ``.npy`` stack (t, y, x);
@@ -79,10 +81,13 @@ class _ZarrSource(_Source):
         import zarr
 
         self.path = path
+        from dmicro_hw.acquisition.writer import image_array
+
         g = zarr.open_group(str(path), mode="r")
-        if "raw" not in g:
+        raw = image_array(g, "raw")
+        if raw is None:
             raise DeviceError(f"camera.replay_path: {path} has no array 'raw' (t, y, x)")
-        self.raw = g["raw"]
+        self.raw = raw
         if self.raw.ndim != 3:
             raise DeviceError(f"camera.replay_path: {path}/raw must be 3-D (t, y, x)")
         attrs = dict(g.attrs)

@@ -158,6 +158,12 @@ def test_cli_free_run_writes_raw_phase_records_and_scores(assets, tmp_path):
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "frames written" in p.stdout and "PSNR dB" in p.stdout
+    # piped: progress is whole lines on stderr, never on stdout, never cut to a width
+    assert "acquiring" not in p.stdout
+    lines = [ln for ln in p.stderr.splitlines() if " acquiring " in ln]
+    assert lines, p.stderr
+    assert "48/48" in lines[-1] and "decoded 48 (skip 0)" in lines[-1]
+    assert lines[-1].endswith(" ms") and "…" not in lines[-1]
     r = RunReader(out / "run.zarr")
     assert r.committed == 48 and r.raw.shape == (48, 16, 16)
     assert r.frame_shape == (16, 16) and r.raw.dtype == np.uint16
@@ -279,7 +285,15 @@ def test_cli_sigkill_leaves_readable_store_that_reconstruct_completes(assets, tm
     r = RunReader(out / "run.zarr")
     assert r.phase_committed == n and (r.recon_status() == RECON_OK).all()
     assert np.isfinite(r.phase()).all()
-    assert _run(app, ["view", str(out), "--frames", "4"]) == 0
+    first = r.phase()
+    # the same with Dask over the Zarr chunks (--dask needs --force): same phase
+    pytest.importorskip("dask")
+    args = ["reconstruct", str(out), "--no-score", "--threads", "1", "--dask", "--force"]
+    assert _run(app, args) == 0
+    r = RunReader(out / "run.zarr")
+    assert r.phase_committed == n and (r.recon_status() == RECON_OK).all()
+    np.testing.assert_allclose(r.phase(), first, atol=1e-5)
+    assert _run(app, ["view", str(out), "--frames", "4", "--no-mp4"]) == 0
     assert (out / "view" / "raw.png").stat().st_size > 0
     assert (out / "view" / "phase.png").stat().st_size > 0
 

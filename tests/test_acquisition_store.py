@@ -3,6 +3,7 @@ counter, records, OME metadata, crash safety) — real zarr on disk, no devices.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -115,14 +116,9 @@ def test_ring_property_order_and_accounting(ops):
 
 
 def _records(ids):
-    ids = np.asarray(ids)
-    return {
-        "frame_id": ids,
-        "device_time": ids * 10,
-        "host_time": ids + 0.5,
-        "exposure_s": np.full(len(ids), 1e-3),
-        "pattern_index": np.zeros(len(ids), np.int32),
-    }
+    from conftest import frame_records  # tests/conftest.py: the shared per-frame records
+
+    return frame_records(ids)
 
 
 def test_writer_records_gaps_metadata_and_trims(tmp_path):
@@ -159,9 +155,10 @@ def test_writer_records_gaps_metadata_and_trims(tmp_path):
     assert np.isnan(r.phase()[3:]).all() and (r.phase()[:3] == 1).all()
     a = r.attrs
     assert a["complete"] and a["frames_lost"] == 2 and a["summary"] == {"hello": 1}
-    ome = zarr.open_group(str(path), mode="r").attrs["ome"]
-    assert ome["version"] == "0.5"
-    by_name = {m["name"]: m for m in ome["multiscales"]}
+    g = zarr.open_group(str(path), mode="r")
+    assert g.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3}
+    assert g["OME"].attrs["ome"]["series"] == ["raw", "phase"] == r.image_names()
+    by_name = {n: g[n].attrs["ome"]["multiscales"][0] for n in ("raw", "phase")}
     assert [ax["name"] for ax in by_name["raw"]["axes"]] == ["t", "y", "x"]
     assert by_name["raw"]["datasets"][0]["coordinateTransformations"][0]["scale"] == [
         0.01,
@@ -169,6 +166,12 @@ def test_writer_records_gaps_metadata_and_trims(tmp_path):
         2.0,
     ]
     assert by_name["phase"]["datasets"][0]["coordinateTransformations"][0]["scale"][1] == 0.25
+    assert r.pixel_size_um("phase") == (0.01, 0.25, 0.25)
+    # contrast limits from what was written (omero window start/end)
+    win = g["raw"].attrs["ome"]["omero"]["channels"][0]["window"]
+    assert (win["start"], win["end"], win["min"], win["max"]) == (0, 11, 0, 65535)
+    pwin = g["phase"].attrs["ome"]["omero"]["channels"][0]["window"]
+    assert (pwin["start"], pwin["end"]) == (0.0, math.pi)  # all 1.0: no range, default kept
     assert r.raw.metadata.dimension_names == ("t", "y", "x")
 
 
@@ -178,7 +181,7 @@ def test_reader_trusts_the_counter_after_a_crash_between_resize_and_write(tmp_pa
     data = np.stack([np.full((4, 5), i + 1, np.uint16) for i in range(8)])
     w.append(data, _records(range(8)))
     # what a crash inside zarr's append leaves: array resized, no data, counter not moved
-    zarr.open_group(str(path), mode="r+")["raw"].resize((40, 4, 5))
+    zarr.open_group(str(path), mode="r+")["raw/0"].resize((40, 4, 5))
     r = RunReader(path)
     assert r.committed == 8 and r.raw.shape[0] == 40
     assert r.raw_frames().shape == (8, 4, 5) and (r.raw_frames()[:, 0, 0] > 0).all()

@@ -1,9 +1,10 @@
-"""Offline work on a stored run: decode it (``dmicro reconstruct``), look at it (``dmicro view``).
+"""Offline decoding of a stored run (``dmicro reconstruct``; ``dmicro view`` is in
+:mod:`dmicro_hw.acquisition.view`).
 
 Decoding uses the same :class:`~dmicro_hw.acquisition.reconstruct.Reconstructor` as the live
 worker, configured from what the run recorded (rig config, checkpoint path and hash, camera
 gain/offset, pixel format). It walks the committed frames chunk by chunk (Zarr chunks along t), or
-hands the chunks to Dask when it is installed and asked for (``use_dask``), writes phase and
+hands the chunks to Dask (``use_dask``, with ``force``; extra ``[dask]``), writes phase and
 ``recon_status`` and advances ``phase_committed`` — so it can be interrupted and re-run, and it
 only decodes frames that are not yet ``ok`` unless ``force``.
 """
@@ -19,17 +20,10 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.acquisition.writer import RECON_OK, PhaseWriter, RunReader
-from dmicro_hw.errors import CheckpointError, DataError
+from dmicro_hw.errors import CheckpointError, ConfigError, DataError
+from dmicro_hw.extras import require
 
 log = logging.getLogger(__name__)
-
-
-def dask_available() -> bool:
-    try:
-        import dask.array  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def reconstructor_for_run(
@@ -141,7 +135,7 @@ def reconstruct_store(
         recon.check_frame_shape(reader.frame_shape)
     n = reader.committed
     trusted = reader.phase_committed
-    pw = PhaseWriter(reader, recon.field_size, recon.pixel_size_m)
+    pw = PhaseWriter(reader, recon.field_size, recon.pixel_size_m, recon.phase_max_rad)
     status_arr = pw.side.arrays["recon_status"]
     phase_arr = pw.side.arrays["phase"]
     chi2_arr = pw.side.arrays["consistency"]
@@ -149,13 +143,14 @@ def reconstruct_store(
     t0 = time.perf_counter()
     decoded = already = 0
     n_chunks = math.ceil(n / chunk) if n else 0
-    if use_dask and dask_available() and force:
-        decoded = _dask_decode(reader, recon, phase_arr, n)
+    if use_dask:
+        if not force:
+            raise ConfigError("use_dask decodes every frame again: it needs force=True (--force)")
+        require("dask.array", "--dask")
+        decoded = _dask_decode(reader, recon, phase_arr, chi2_arr, n)
         status_arr[:n] = np.full(n, RECON_OK, np.uint8)
         pw.set_committed(n)
     else:
-        if use_dask and not dask_available():
-            log.warning("dask is not installed: decoding chunk by chunk")
         for c in range(n_chunks):
             s, e = c * chunk, min(n, (c + 1) * chunk)
             status = np.asarray(status_arr[s:e])
@@ -204,7 +199,7 @@ def reconstruct_store(
         "seconds": round(dt, 3),
         "fps": round(decoded / dt, 1) if dt > 0 and decoded else None,
         "decoder": recon.info(),
-        "dask": bool(use_dask and dask_available() and force),
+        "dask": bool(use_dask),
         "consistency": consistency_summary(chi2, consistency_threshold)
         if getattr(recon, "measurement", None) is not None
         else None,
@@ -212,158 +207,26 @@ def reconstruct_store(
     }
 
 
-def _dask_decode(reader: RunReader, recon: Any, phase_arr: Any, n: int) -> int:
-    """Decode all ``n`` frames with Dask: one task per Zarr chunk, written chunk-aligned."""
+def _dask_decode(reader: RunReader, recon: Any, phase_arr: Any, chi2_arr: Any, n: int) -> int:
+    """Decode all ``n`` frames with Dask: one task per Zarr chunk, written chunk-aligned; the
+    χ²/dof of each frame (NaN when no measurement model is set) is written after."""
     import dask
     import dask.array as da
 
     raw = da.from_zarr(reader.raw)[:n]
     size = recon.field_size
+    chi2 = np.full(n, np.nan, dtype=np.float32)
 
-    def block(x: np.ndarray) -> np.ndarray:
-        return recon(np.asarray(x))
+    def block(x: np.ndarray, block_info: Any = None) -> np.ndarray:
+        out, c = recon.decode(np.asarray(x))
+        if c is not None and block_info is not None:
+            lo = int(block_info[0]["array-location"][0][0])
+            chi2[lo : lo + len(c)] = c
+        return out
 
     out = raw.map_blocks(block, dtype=np.float32, chunks=(raw.chunks[0], (size,), (size,)))
     # threads share the one model; the decoder itself is already parallel
     with dask.config.set(scheduler="threads", num_workers=1):
         da.store(out, phase_arr, regions=(slice(0, n),), lock=False)
+    chi2_arr[:n] = chi2
     return n
-
-
-# ------------------------------------------------------------------------------------------ view
-def _pick(n: int, k: int) -> np.ndarray:
-    return np.unique(np.linspace(0, max(n - 1, 0), num=min(k, n)).round().astype(int))
-
-
-def _montage_png(
-    path: Path,
-    images: np.ndarray,
-    ids: np.ndarray,
-    title: str,
-    cmap: str,
-    vmin: float,
-    vmax: float,
-    unit: str,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(images)
-    cols = int(math.ceil(math.sqrt(k)))
-    rows = int(math.ceil(k / cols))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2.2 * cols + 1, 2.2 * rows + 0.5), squeeze=False, layout="constrained"
-    )
-    im = None
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, (img, fid) in enumerate(zip(images, ids)):
-        ax = axes.ravel()[i]
-        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_title(f"id {int(fid)}", fontsize=8)
-    fig.suptitle(title)
-    if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=unit)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def make_views(
-    store: Path | str,
-    out_dir: Path | str | None = None,
-    n_frames: int = 16,
-    mp4: bool = True,
-    fps: float = 15.0,
-    max_video_frames: int = 300,
-) -> dict[str, Any]:
-    """PNG montages of raw and phase frames (and a short raw|phase MP4 if OpenCV can encode)."""
-    reader = RunReader(store)
-    n = reader.committed
-    if n == 0:
-        raise DataError(f"{reader.path}: no committed frames to show")
-    out = Path(out_dir) if out_dir else reader.path.parent / "view"
-    out.mkdir(parents=True, exist_ok=True)
-    fids = reader.records()["frame_id"]
-    idx = _pick(n, n_frames)
-    raw = np.asarray(reader.raw.get_orthogonal_selection((idx, slice(None), slice(None))))
-    lo, hi = np.percentile(raw, [0.5, 99.5])
-    files: dict[str, Any] = {}
-    _montage_png(
-        out / "raw.png",
-        raw,
-        fids[idx],
-        f"raw frames ({reader.path.name})",
-        "gray",
-        float(lo),
-        float(max(hi, lo + 1)),
-        "ADU",
-    )
-    files["raw_png"] = str(out / "raw.png")
-    np_ = reader.phase_committed if reader.has_phase else 0
-    pmax = _phase_max(reader)
-    if np_:
-        pidx = idx[idx < np_]
-        ph = np.asarray(
-            reader.group["phase"].get_orthogonal_selection((pidx, slice(None), slice(None)))
-        )
-        _montage_png(
-            out / "phase.png",
-            ph,
-            fids[pidx],
-            f"phase ({reader.path.name})",
-            "viridis",
-            0.0,
-            pmax,
-            "rad",
-        )
-        files["phase_png"] = str(out / "phase.png")
-    if mp4:
-        files["mp4"] = _write_mp4(reader, out / "run.mp4", fps, max_video_frames, pmax)
-    return {"out": str(out), "frames": n, "phase_frames": np_, "files": files}
-
-
-def _phase_max(reader: RunReader) -> float:
-    rec = reader.attrs.get("recon") or {}
-    return float(rec.get("phase_max_rad") or reader.attrs.get("phase_max_rad") or math.pi)
-
-
-def _write_mp4(
-    reader: RunReader, path: Path, fps: float, max_frames: int, pmax: float
-) -> str | None:
-    """raw (upscaled) | phase side by side; None if no MP4 encoder is available."""
-    try:
-        import cv2
-    except ImportError:
-        return None
-    n = min(reader.committed, max_frames)
-    raw = reader.raw_frames(0, n).astype(np.float32)
-    lo, hi = np.percentile(raw, [0.5, 99.5])
-    has_phase = reader.has_phase and reader.phase_committed > 0
-    size = reader.group["phase"].shape[1] if has_phase else max(raw.shape[1:]) * 4
-    size += size % 2
-    width = 2 * size if has_phase else size
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, size))
-    if not vw.isOpened():
-        log.warning("no MP4 encoder available in OpenCV: skipping %s", path)
-        return None
-    phase = reader.phase(0, n) if has_phase else None
-    try:
-        for i in range(n):
-            r = np.clip((raw[i] - lo) / max(hi - lo, 1e-6), 0, 1)
-            r8 = cv2.resize(
-                (r * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST
-            )
-            tiles = [cv2.cvtColor(r8, cv2.COLOR_GRAY2BGR)]
-            if phase is not None:
-                p = phase[i] if i < len(phase) else np.full((size, size), np.nan)
-                p = np.nan_to_num(np.clip(p / pmax, 0, 1), nan=0.0)
-                p8 = cv2.resize(
-                    (p * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST
-                )
-                tiles.append(cv2.applyColorMap(p8, cv2.COLORMAP_VIRIDIS))
-            vw.write(np.ascontiguousarray(np.concatenate(tiles, axis=1)))
-    finally:
-        vw.release()
-    return str(path) if path.is_file() and path.stat().st_size > 0 else None

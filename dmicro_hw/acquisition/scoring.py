@@ -66,7 +66,7 @@ def score_store(
     status = r.recon_status()
     fids = r.records()["frame_id"][:n]
     out = {k: np.full(r.committed, np.nan, dtype=np.float32) for k in SCORE_ARRAYS}
-    phase_arr = r.group["phase"]
+    phase_arr = r.phase_array
     for s in range(0, n, batch):
         e = min(n, s + batch)
         ok = np.nonzero(status[s:e] == RECON_OK)[0]

@@ -1,9 +1,14 @@
 """Zarr v3 run store: raw frames, per-frame records, phase, and crash-safe commit counters.
 
-Layout of ``RUN.zarr`` (one local Zarr v3 group; OME-Zarr 0.5-style root metadata)::
+Layout of ``RUN.zarr`` (one local Zarr v3 hierarchy, an OME-Zarr 0.5 collection — see
+:mod:`dmicro_hw.acquisition.ome`; every OME reader opens each image whole)::
 
-    raw            (t, y, x)  uint8/uint16 ADU, chunks (chunk_frames, y, x), Blosc-zstd bitshuffle
-    phase          (t, N, N)  float32 radians, NaN where not decoded, chunks (chunk_frames, N, N)
+    zarr.json      ome: {version 0.5, bioformats2raw.layout 3}; dmicro: run metadata
+    OME/           ome.series = ["raw", "phase"]: the index of the image groups
+    raw/0          (t, y, x)  uint8/uint16 ADU, chunks (chunk_frames, y, x), Blosc-zstd bitshuffle
+    phase/0        (t, N, N)  float32 radians, NaN where not decoded, chunks (chunk_frames, N, N)
+                   (raw/ and phase/ are image groups: multiscales with t [s], y, x [µm] scales
+                   in the object plane, and omero channel name + contrast limits)
     frame_id       (t,) int64    device frame counter (gaps = frames lost before this one)
     device_time    (t,) int64    device timestamp ticks (attribute timestamp_frequency_hz)
     host_time      (t,) float64  host clock at receipt, Unix seconds
@@ -14,6 +19,9 @@ Layout of ``RUN.zarr`` (one local Zarr v3 group; OME-Zarr 0.5-style root metadat
     consistency    (t,) float32  χ²/dof of the frame re-simulated from its phase (NaN: not checked)
     committed      (1,) int64    frames of raw + records fully written  ← readers trust this
     phase_committed(1,) int64    leading frames whose phase/recon_status are final
+
+Runs written before the collection layout (``raw`` and ``phase`` arrays at the root) are still
+read: :func:`image_array` finds either.
 
 Zarr-python 3 resizes an array (rewrites its metadata) before a chunk is written, so after a crash
 ``raw`` may be longer than what was written and end in fill-value frames. Every commit therefore
@@ -38,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from dmicro_hw.acquisition import ome
 from dmicro_hw.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -61,9 +70,26 @@ RAW_RECORDS: dict[str, tuple[str, Any, str]] = {
     "dropped_before": ("int32", 0, "frames lost just before this frame"),
 }
 
+#: unit of each per-frame record (stored as the array attribute ``units``)
+RECORD_UNITS: dict[str, str] = {
+    "frame_id": "count",
+    "device_time": "tick",
+    "host_time": "s (Unix time)",
+    "exposure_s": "s",
+    "pattern_index": "index",
+    "dropped_before": "count",
+}
 
-def _um(m: float) -> float:
-    return float(m) * 1e6
+#: the nearest pymmcore-plus ``FrameMetaV1`` key of each record (None: no counterpart there),
+#: with the conversion — for users moving data between the two
+FRAME_META_V1: dict[str, str | None] = {
+    "frame_id": None,  # camera_metadata (vendor keys, e.g. ImageNumber) when the camera sets it
+    "device_time": None,  # camera_metadata (vendor keys)
+    "host_time": "runner_time_ms",  # ms since the MDA start there; Unix s here
+    "exposure_s": "exposure_ms",  # × 1000
+    "pattern_index": None,
+    "dropped_before": None,
+}
 
 
 def _blosc() -> Any:
@@ -72,23 +98,108 @@ def _blosc() -> Any:
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
-def _ome_multiscale(name: str, scale_t: float, pixel_m: float) -> dict[str, Any]:
-    return {
-        "name": name,
-        "axes": [
-            {"name": "t", "type": "time", "unit": "second"},
-            {"name": "y", "type": "space", "unit": "micrometer"},
-            {"name": "x", "type": "space", "unit": "micrometer"},
-        ],
-        "datasets": [
-            {
-                "path": name,
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [scale_t, _um(pixel_m), _um(pixel_m)]}
-                ],
-            }
-        ],
-    }
+def image_array(group: Any, name: str) -> Any:
+    """Level-0 array of image ``name`` in a run group: ``name/0`` (collection layout), or the
+    array ``name`` itself (runs written before it, plain Zarr stacks); None when absent."""
+    import zarr
+
+    if name not in group:
+        return None
+    node = group[name]
+    if isinstance(node, zarr.Array):
+        return node
+    return node[ome.LEVEL0] if ome.LEVEL0 in node else None
+
+
+def image_names(group: Any) -> list[str]:
+    """The image groups of a run, in the order of the collection index (``OME/``)."""
+    if ome.INDEX_GROUP in group:
+        series = dict(group[ome.INDEX_GROUP].attrs).get("ome", {}).get("series")
+        if isinstance(series, list):
+            return [str(s) for s in series if str(s) in group]
+    return [n for n in ("raw", "phase") if image_array(group, n) is not None]
+
+
+def create_image(
+    g: Any,
+    name: str,
+    *,
+    shape: tuple[int, int],
+    dtype: Any,
+    chunk: int,
+    cap: int,
+    fill: Any,
+    pixel_m: float,
+    frame_interval_s: float,
+    window: tuple[float, float, float, float],
+    unit: str,
+    long_name: str,
+    color: str = "FFFFFF",
+) -> Any:
+    """Create image group ``name`` (OME multiscales + omero) holding a (cap, *shape) array in
+    chunks of ``chunk`` frames, list it in the collection index, and return the array."""
+    ig = g.create_group(
+        name,
+        attributes={
+            "ome": ome.image_attrs(
+                name,
+                pixel_m=pixel_m,
+                frame_interval_s=frame_interval_s,
+                window=window,
+                color=color,
+                unit=unit,
+            )
+        },
+    )
+    arr = ig.create_array(
+        ome.LEVEL0,
+        shape=(cap, *shape),
+        chunks=(chunk, *shape),
+        dtype=dtype,
+        compressors=_blosc(),
+        fill_value=fill,
+        dimension_names=["t", "y", "x"],
+        attributes={"units": unit, "long_name": long_name},
+    )
+    if ome.INDEX_GROUP in g:
+        idx = g[ome.INDEX_GROUP]
+        series = list(dict(idx.attrs).get("ome", {}).get("series", []))
+    else:
+        idx = g.create_group(ome.INDEX_GROUP)
+        series = []
+    if name not in series:
+        series.append(name)
+    idx.attrs.update({"ome": ome.index_attrs(series)})
+    return arr
+
+
+def set_image_window(g: Any, name: str, start: float, end: float) -> None:
+    """Set the displayed contrast range of image ``name`` (omero window start/end)."""
+    if name not in g or not (math.isfinite(start) and math.isfinite(end)) or end <= start:
+        return
+    ig = g[name]
+    attrs = dict(ig.attrs)
+    if "ome" in attrs:
+        ig.attrs.update({"ome": ome.set_window(attrs["ome"], start, end)})
+
+
+class _Range:
+    """Running finite min/max of the values written (for the omero contrast window)."""
+
+    def __init__(self) -> None:
+        self.lo, self.hi = math.inf, -math.inf
+
+    def add(self, a: np.ndarray) -> None:
+        if a.size == 0:
+            return
+        if a.dtype.kind == "f":
+            with np.errstate(all="ignore"):
+                fin = a[np.isfinite(a)]
+            if fin.size == 0:
+                return
+            a = fin
+        self.lo = min(self.lo, float(a.min()))
+        self.hi = max(self.hi, float(a.max()))
 
 
 class _Side:
@@ -224,26 +335,26 @@ class RunWriter:
         dmicro = {"schema": SCHEMA, "created": time.time(), "complete": False}
         dmicro.update(attrs or {})
         dmicro["recon_status_codes"] = {str(k): v for k, v in RECON_STATUS_NAMES.items()}
-        self.group.attrs.update(
-            {
-                "ome": {
-                    "version": "0.5",
-                    "multiscales": [_ome_multiscale("raw", frame_interval_s, raw_pixel_m)],
-                },
-                "dmicro": dmicro,
-            }
-        )
+        self.group.attrs.update({"ome": ome.collection_attrs(), "dmicro": dmicro})
         g = self.group
-        raw = g.create_array(
+        bits = int(dmicro.get("bits_per_pixel") or 8 * self.dtype.itemsize)
+        full = float(2**bits - 1) if self.dtype.kind in "ui" else 1.0
+        raw = create_image(
+            g,
             "raw",
-            shape=(cap, *self.frame_shape),
-            chunks=(self.chunk, *self.frame_shape),
+            shape=self.frame_shape,
             dtype=self.dtype,
-            compressors=_blosc(),
-            fill_value=0,
-            dimension_names=["t", "y", "x"],
-            attributes={"units": "adu", "long_name": "raw compressed camera frames"},
+            chunk=self.chunk,
+            cap=cap,
+            fill=0,
+            pixel_m=raw_pixel_m,
+            frame_interval_s=frame_interval_s,
+            window=(0.0, full, 0.0, full),
+            unit="ADU",
+            long_name="raw compressed camera frames",
         )
+        self._phase_max = float((dmicro.get("recon") or {}).get("phase_max_rad") or math.pi)
+        self._ranges = {"raw": _Range(), "phase": _Range()}
         arrays: dict[str, Any] = {"raw": raw}
         for name, (dt, fill, desc) in RAW_RECORDS.items():
             arrays[name] = g.create_array(
@@ -253,7 +364,7 @@ class RunWriter:
                 dtype=dt,
                 fill_value=fill,
                 dimension_names=["t"],
-                attributes={"description": desc},
+                attributes={"description": desc, "units": RECORD_UNITS[name]},
             )
         counter = g.create_array("committed", shape=(1,), chunks=(1,), dtype="int64", fill_value=0)
         counter[0] = 0
@@ -277,6 +388,7 @@ class RunWriter:
             self._cap0,
             self._grow,
             self.frame_interval_s,
+            self._phase_max,
         )
 
     # ------------------------------------------------------------------ raw side
@@ -306,6 +418,7 @@ class RunWriter:
             "pattern_index": np.asarray(records["pattern_index"], dtype=np.int32),
             "dropped_before": dropped,
         }
+        self._ranges["raw"].add(values["raw"])
         self._raw.add(values, n)
         return self._raw.commit()
 
@@ -341,6 +454,7 @@ class RunWriter:
         if phase is None:
             size = side.arrays["phase"].shape[1]
             phase = np.full((n, size, size), np.nan, dtype=np.float32)
+        self._ranges["phase"].add(phase)
         side.add(
             {
                 "phase": phase.astype(np.float32, copy=False),
@@ -378,6 +492,8 @@ class RunWriter:
             self._phase.commit(force=True)
             self._phase.trim()
             # phase frames past the raw end cannot exist; never more than committed
+        for name, r in self._ranges.items():
+            set_image_window(self.group, name, r.lo, r.hi)
         self.set_attrs(
             complete=True,
             committed_frames=self.committed,
@@ -396,16 +512,21 @@ def _create_phase_side(
     cap: int,
     grow: int,
     frame_interval_s: float,
+    phase_max_rad: float,
 ) -> _Side:
-    phase = g.create_array(
+    phase = create_image(
+        g,
         "phase",
-        shape=(cap, n, n),
-        chunks=(chunk, n, n),
+        shape=(n, n),
         dtype="float32",
-        compressors=_blosc(),
-        fill_value=float("nan"),
-        dimension_names=["t", "y", "x"],
-        attributes={"units": "radian", "long_name": "reconstructed phase"},
+        chunk=chunk,
+        cap=cap,
+        fill=float("nan"),
+        pixel_m=pixel_m,
+        frame_interval_s=frame_interval_s,
+        window=(0.0, phase_max_rad, 0.0, phase_max_rad),
+        unit="rad",
+        long_name="reconstructed phase",
     )
     status = g.create_array(
         "recon_status",
@@ -421,11 +542,6 @@ def _create_phase_side(
         "phase_committed", shape=(1,), chunks=(1,), dtype="int64", fill_value=0
     )
     counter[0] = 0
-    ome = dict(g.attrs.get("ome", {"version": "0.5", "multiscales": []}))
-    ms = [m for m in ome.get("multiscales", []) if m.get("name") != "phase"]
-    ms.append(_ome_multiscale("phase", frame_interval_s, pixel_m))
-    ome["multiscales"] = ms
-    g.attrs.update({"ome": ome})
     return _Side(
         {"phase": phase, "recon_status": status, "consistency": consistency},
         counter,
@@ -471,10 +587,11 @@ class RunReader:
             self.group = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
         except Exception as e:  # noqa: BLE001 - corrupt store → one-line user error
             raise DataError(f"{path}: cannot open run store ({e})") from None
-        if "raw" not in self.group or "committed" not in self.group:
+        self._raw = image_array(self.group, "raw")
+        if self._raw is None or "committed" not in self.group:
             raise DataError(f"{path}: not a dmicro run store (no raw/committed arrays)")
         self.committed = int(self.group["committed"][0])
-        self.committed = min(self.committed, int(self.group["raw"].shape[0]))
+        self.committed = min(self.committed, int(self._raw.shape[0]))
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -482,7 +599,28 @@ class RunReader:
 
     @property
     def raw(self) -> Any:
-        return self.group["raw"]
+        """Level-0 array of the raw image (t, y, x), including uncommitted frames."""
+        return self._raw
+
+    @property
+    def phase_array(self) -> Any:
+        """Level-0 array of the phase image (t, N, N) radians, or None."""
+        return image_array(self.group, "phase")
+
+    def image_names(self) -> list[str]:
+        """Images of this run (``raw``, ``phase``, …) in the order of the OME index."""
+        return image_names(self.group)
+
+    def pixel_size_um(self, image: str = "raw") -> tuple[float, float, float]:
+        """(t s, y µm, x µm) scale of an image, from its OME metadata."""
+        node = self.group[image] if image in self.group else None
+        meta = dict(node.attrs).get("ome") if node is not None else None
+        if not meta:  # a run written before the collection layout: root multiscales
+            ms = dict(self.group.attrs).get("ome", {}).get("multiscales", [])
+            meta = {"multiscales": [m for m in ms if m.get("name") == image][:1]}
+            if not meta["multiscales"]:
+                return 1.0, 1.0, 1.0
+        return ome.pixel_size_um(meta)
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -502,7 +640,7 @@ class RunReader:
 
     @property
     def has_phase(self) -> bool:
-        return "phase" in self.group
+        return self.phase_array is not None
 
     @property
     def phase_committed(self) -> int:
@@ -514,7 +652,7 @@ class RunReader:
         if not self.has_phase:
             raise DataError(f"{self.path}: no phase in this run (run `dmicro reconstruct`)")
         stop = self.phase_committed if stop is None else min(stop, self.phase_committed)
-        return np.asarray(self.group["phase"][start:stop])
+        return np.asarray(self.phase_array[start:stop])
 
     def recon_status(self) -> np.ndarray:
         n = self.phase_committed
@@ -533,28 +671,32 @@ class RunReader:
 class PhaseWriter:
     """Write phase into an existing run (offline ``dmicro reconstruct``), chunk-aligned blocks."""
 
-    def __init__(self, reader: RunReader, size: int, pixel_m: float) -> None:
+    def __init__(
+        self, reader: RunReader, size: int, pixel_m: float, phase_max_rad: float | None = None
+    ) -> None:
         g = reader.group
         self.reader = reader
         chunk = reader.chunk_frames
         n = reader.committed
         meta_chunk = chunk * max(1, 1024 // chunk)
-        if "phase" in g and g["phase"].shape[1] != size:
+        stored = reader.phase_array
+        if stored is not None and stored.shape[1] != size:
             raise DataError(
-                f"{reader.path}: stored phase is {g['phase'].shape[1]}² but the decoder makes "
+                f"{reader.path}: stored phase is {stored.shape[1]}² but the decoder makes "
                 f"{size}² (another checkpoint?)"
             )
-        if "phase" not in g:
+        if stored is None:
             fi = float(reader.attrs.get("frame_interval_s", 0.01))
+            pmax = float(phase_max_rad or math.pi)
             self.side = _create_phase_side(
-                g, size, pixel_m, chunk, meta_chunk, max(n, 1), chunk, fi
+                g, size, pixel_m, chunk, meta_chunk, max(n, 1), chunk, fi, pmax
             )
         else:
             if "consistency" not in g:  # a run stored before consistency was recorded
                 _create_consistency(g, max(n, 1), meta_chunk)
             self.side = _Side(
                 {
-                    "phase": g["phase"],
+                    "phase": stored,
                     "recon_status": g["recon_status"],
                     "consistency": g["consistency"],
                 },
@@ -581,3 +723,7 @@ class PhaseWriter:
 
     def set_committed(self, n: int) -> None:
         self.side.counter[0] = int(n)
+
+    def set_window(self, start: float, end: float) -> None:
+        """Displayed contrast range of the phase image (omero window), radians."""
+        set_image_window(self.reader.group, "phase", start, end)

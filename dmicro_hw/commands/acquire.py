@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from dmicro_hw.commands._choices import AcquisitionMode, Device, value
+
 
 def _status_text(s: Any) -> str:
     p50 = "–" if s.decode_p50_ms is None else f"{s.decode_p50_ms:.0f}"
@@ -33,7 +35,7 @@ def summary_table(summary: dict[str, Any]) -> Any:
 
     from dmicro_hw.acquisition.session import scalar_summary
 
-    t = Table(title=f"run {summary.get('store', '')}", show_header=True, header_style="bold")
+    t = Table(title="run summary", show_header=True, header_style="bold")
     t.add_column("figure")
     t.add_column("value", justify="right")
     for k, v in scalar_summary(summary).items():
@@ -92,27 +94,37 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             help="run folder (run.zarr + run.json); default under acquisition.out",
         ),
         no_recon: bool = typer.Option(False, "--no-recon", help="store raw frames only"),
-        mode: str | None = typer.Option(None, "--mode", help="free-run | triggered"),
-        recon_device: str | None = typer.Option(None, "--recon-device", help="auto | cpu | cuda"),
+        mode: AcquisitionMode | None = typer.Option(
+            None, "--mode", help="camera timing (default: acquisition.mode)"
+        ),
+        recon_device: Device | None = typer.Option(
+            None, "--recon-device", help="decoder device (default: acquisition.recon_device)"
+        ),
         preview: bool = typer.Option(False, "--preview", help="live phase window (OpenCV)"),
     ) -> None:
         """Acquire frames (free-run or triggered) with live reconstruction into RUN/run.zarr."""
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
         from dmicro_hw.acquisition.session import Session
         from dmicro_hw.config import load_rig_config
         from dmicro_hw.errors import ConfigError, DeviceError
+        from dmicro_hw.extras import require
+        from dmicro_hw.progress import make_console, make_progress
 
-        console = Console()
+        console = make_console()
         if frames is not None and duration is not None:
             raise ConfigError("give either --frames or --duration, not both")
         if duration is not None and not duration > 0:
             raise ConfigError(f"--duration must be > 0 seconds, got {duration}")
-        if mode is not None and mode not in ("free-run", "triggered"):
-            raise ConfigError(f"--mode must be 'free-run' or 'triggered', got {mode!r}")
-        if recon_device is not None and recon_device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--recon-device must be auto, cpu or cuda, got {recon_device!r}")
+        mode, recon_device = value(mode), value(recon_device)
+        if preview:  # asked for on the command line: it must be able to work
+            if no_recon:
+                raise ConfigError(
+                    "--preview shows the decoded phase: it cannot be used with --no-recon"
+                )
+            if not os.environ.get("DISPLAY"):
+                raise ConfigError("--preview: no display to show it on (DISPLAY is not set)")
+            require("cv2", "--preview")
         overrides: dict[str, Any] = {}
         if frames is not None or duration is not None:
             overrides["acquisition"] = {"frames": frames, "duration_s": duration}
@@ -144,12 +156,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             ) as session:
                 console.print(f"[bold]dmicro acquire[/] rig {rig.rig_id!r} → {session.out_dir}")
                 session.prepare()
+                if preview and session.reconstructor is None:
+                    raise ConfigError(
+                        "--preview shows the decoded phase, but this run decodes nothing "
+                        "(acquisition.recon: false or no checkpoint)"
+                    )
                 if (preview or rig.acquisition.preview) and session.reconstructor is not None:
                     if os.environ.get("DISPLAY"):
                         prev = _Preview(session.reconstructor.phase_max_rad)
                         session.on_phase = prev.push
-                    else:
-                        console.print("[yellow]--preview: no DISPLAY, preview disabled[/]")
+                    else:  # acquisition.preview from the config, on a machine without display
+                        console.print("[yellow]acquisition.preview: no DISPLAY, no preview[/]")
                 if session.reconstructor is not None:
                     info = session.reconstructor.info()
                     console.print(
@@ -163,14 +180,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 if "stop" in state:
                     acq.request_stop(f"interrupted ({state['stop']})")
                 total = session.frames
-                progress = Progress(
+                progress = make_progress(
                     TextColumn("[bold blue]{task.description}"),
                     BarColumn(),
                     TextColumn("{task.completed}/{task.total}" if total else "{task.completed}"),
                     TimeElapsedColumn(),
                     TextColumn("{task.fields[status]}"),
                     console=console,
-                    transient=False,
                 )
                 with progress:
                     task = progress.add_task("acquiring", total=total, status="")

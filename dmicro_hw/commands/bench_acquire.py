@@ -32,12 +32,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         import json
         import platform
 
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.acquisition.benchmark import run_benchmark
         from dmicro_hw.config import COMPRESSIONS, load_rig_config
         from dmicro_hw.errors import ConfigError
+        from dmicro_hw.progress import make_console
 
         try:
             comps = tuple(int(x) for x in compressions.split(","))
@@ -56,7 +56,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     f"--compressions: ×{c} needs field_size divisible by {k} "
                     f"(rig has {rig.optics.field_size})"
                 )
-        console = Console()
+        console = make_console()
         res = run_benchmark(
             rig,
             compressions=comps,

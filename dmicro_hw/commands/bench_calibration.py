@@ -85,7 +85,6 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Calibration recovery (offset, rotation, LUT, defocus) and PSNR before/after/no
         mismatch for several hidden-mismatch seeds: table + JSON."""
         import torch
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.calibration import scoring as S
@@ -94,10 +93,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.config import load_rig_config
         from dmicro_hw.drivers.base import open_device
         from dmicro_hw.errors import ConfigError
+        from dmicro_hw.progress import make_console
         from dmicro_hw.simulators.bench import bench_of, reveal_mismatch_for_scoring
 
         torch.set_num_threads(1)
-        console = Console()
+        console = make_console()
         rig0 = load_rig_config(config)
         if rig0.slm.backend != "sim" or rig0.camera.backend != "sim":
             raise ConfigError(f"{config}: the calibration benchmark needs the sim SLM and camera")

@@ -23,6 +23,8 @@ from typing import Any
 
 import typer
 
+from dmicro_hw.commands._choices import Device, value
+
 DEFAULT_BITS = "6,8,10,12"
 
 
@@ -187,22 +189,23 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         modes: str = typer.Option("phase,amplitude_phase", "--modes", help="export modes"),
         n_test: int = typer.Option(64, "--n-test", min=1, help="held-out synthetic cells"),
         out: Path = typer.Option(Path("runs/bench/export"), "--out", "-o", help="output folder"),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        device: Device = typer.Option(Device.auto, "--device", help="torch device"),
         seed: int = typer.Option(0, "--seed", help="training seed (when training here)"),
     ) -> None:
         """PSNR/SSIM of the float filter vs the exported SLM pattern at several bit depths."""
         import torch
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.config import RigConfig, load_rig_config
         from dmicro_hw.data import build_datasets
         from dmicro_hw.errors import CheckpointError, ConfigError
         from dmicro_hw.export import MODES
+        from dmicro_hw.progress import make_console
         from dmicro_hw.training.checkpoint import build_model_from_checkpoint, save_checkpoint
         from dmicro_hw.training.trainer import RichProgress, Trainer, resolve_device
 
-        console = Console()
+        device = value(device)
+        console = make_console()
         try:
             bit_list = [int(b) for b in bits.split(",") if b.strip()]
         except ValueError:

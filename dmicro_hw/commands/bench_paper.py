@@ -6,16 +6,20 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.commands._choices import BenchPreset, Device, value
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @bench_app.command("paper")
     def paper(
-        preset: str = typer.Option("quick", "--preset", help="quick (minutes, CPU) | full (hours)"),
+        preset: BenchPreset = typer.Option(
+            BenchPreset.quick, "--preset", help="quick: minutes on a CPU; full: hours (paper)"
+        ),
         out: Path = typer.Option(Path("runs/bench-paper"), "--out", "-o", help="output folder"),
         ratios: str = typer.Option("4,16,64,256", "--ratios", help="compression ratios k²"),
         methods: str = typer.Option("lff,gpc,plain,d2nn", "--methods", help="encoders"),
         seed: int = typer.Option(0, "--seed"),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        device: Device = typer.Option(Device.auto, "--device", help="torch device"),
         n_train: int | None = typer.Option(
             None, "--n-train", min=8, help="override the preset's number of training samples"
         ),
@@ -27,10 +31,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         prints a table, writes bench-paper.json and bench-paper.png."""
         import json
 
-        from rich.console import Console
         from rich.table import Table
 
-        from dmicro_hw.errors import ConfigError
+        from dmicro_hw.progress import make_console
         from dmicro_hw.training.paper_bench import (
             METHODS,
             PRESETS,
@@ -41,15 +44,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.training.plots import save_bench_figure
         from dmicro_hw.training.trainer import RichProgress, resolve_device
 
-        console = Console()
+        console = make_console()
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        if preset not in PRESETS:
-            raise ConfigError(f"--preset: must be one of {', '.join(PRESETS)} (got {preset!r})")
-        if device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device: must be one of auto, cpu, cuda (got {device!r})")
+        preset, device = value(preset), value(device)
         ratio_list = parse_list(ratios, RATIOS, "ratios", int)
         method_list = parse_list(methods, METHODS, "methods", str)
         resolve_device(device)

@@ -33,15 +33,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         import torch
         from pydantic import ValidationError
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.config import RigConfig, load_rig_config
         from dmicro_hw.errors import ConfigError
+        from dmicro_hw.progress import make_console
         from dmicro_hw.simulators.throughput import measure, rig_for
 
         torch.set_num_threads(threads)
-        console = Console()
+        console = make_console()
         rigs: list[RigConfig] = []
         if config is not None:
             rigs.append(load_rig_config(config))

@@ -26,14 +26,15 @@ class RichReporter:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress,
             SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
         )
 
+        from dmicro_hw.progress import make_progress
+
         self.console = console
-        self.progress = Progress(
+        self.progress = make_progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.fields[step]:<12}"),
             BarColumn(),
@@ -41,7 +42,6 @@ class RichReporter:
             TimeElapsedColumn(),
             TextColumn("{task.description}", style="dim"),
             console=console,
-            transient=False,
         )
         self.task = None
 
@@ -115,7 +115,6 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Calibrate the rig: LUT, registration, camera-in-the-loop fit, decoder adaptation,
         drift; writes a calibration bundle with plots."""
         import torch
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.calibration.adapt import is_adapted
@@ -124,9 +123,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.config import load_rig_config
         from dmicro_hw.drivers.base import open_device
         from dmicro_hw.errors import CheckpointError
+        from dmicro_hw.progress import make_console
 
         torch.set_num_threads(1)  # small problems: extra threads only spin on a shared machine
-        console = Console()
+        console = make_console()
         rig = load_rig_config(config)
         ck = checkpoint or rig.checkpoint
         if ck is not None and not Path(ck).is_file():

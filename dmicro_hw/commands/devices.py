@@ -24,6 +24,8 @@ from typing import Any
 
 import typer
 
+from dmicro_hw.commands._choices import DeviceKind, value
+
 KINDS = ("slm", "camera", "trigger")
 
 
@@ -38,6 +40,9 @@ def _producers() -> list[tuple[Path, str]]:
 
 def _enumerate_cameras(cti: Path) -> str:
     """One line per device the producer sees (loads the producer in this process)."""
+    from dmicro_hw.extras import require
+
+    require("harvesters.core", "dmicro devices genicam")
     from harvesters.core import Harvester, ParameterKey, ParameterSet
 
     from dmicro_hw.drivers.genicam_camera import _hv_log, check_producer, describe_device
@@ -134,14 +139,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Backends, GenTL producers and their cameras, X screens/monitors, serial ports."""
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.drivers.base import available_backends
         from dmicro_hw.drivers.screen_slm import x_display_info
         from dmicro_hw.errors import DmicroError
+        from dmicro_hw.progress import make_console
 
-        console = Console()
+        console = make_console()
         t = Table(title="Driver backends (rig.yaml <kind>.backend)")
         t.add_column("kind")
         t.add_column("backends")
@@ -205,19 +210,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def check(
         config: Path = typer.Option(..., "--config", "-c", help="rig.yaml"),
         frames: int = typer.Option(5, "--frames", min=1, help="camera frames to grab"),
-        only: str | None = typer.Option(None, "--only", help="slm | camera | trigger"),
+        only: DeviceKind | None = typer.Option(None, "--only", help="check one device only"),
     ) -> None:
         """Open each configured device, exercise it briefly, report; exit 3 if any fails."""
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.config import load_rig_config
-        from dmicro_hw.errors import ConfigError
+        from dmicro_hw.progress import make_console
 
         rig = load_rig_config(config)
-        if only is not None and only not in KINDS:
-            raise ConfigError(f"--only: must be one of {', '.join(KINDS)} (got {only!r})")
-        console = Console()
+        only = value(only)
+        console = make_console()
         t = Table(title=f"Devices of {config} (rig {rig.rig_id})")
         t.add_column("device")
         t.add_column("backend")
@@ -250,15 +253,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Camera frame rate at 20/200 fps settings, SLM display latency, trigger round trip."""
         import numpy as np
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.config import CameraDeviceConfig
         from dmicro_hw.drivers.genicam_camera import GenICamCamera, bundled_producers
         from dmicro_hw.drivers.serial_trigger import SerialTrigger
+        from dmicro_hw.progress import make_console
         from dmicro_hw.simulators.sim_trigger import TriggerFirmware
 
-        console = Console()
+        console = make_console()
         rows: list[tuple[str, str, str]] = []
         result: dict[str, Any] = {"host": os.uname().nodename, "time": time.time()}
 

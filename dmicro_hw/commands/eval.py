@@ -39,7 +39,6 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         of the worst and best fields with --out."""
         import json
 
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.config import load_rig_config
@@ -49,6 +48,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             load_eval_data,
             save_eval_figure,
         )
+        from dmicro_hw.progress import make_console
         from dmicro_hw.training.checkpoint import load_checkpoint
 
         if not checkpoint.is_file():
@@ -56,7 +56,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         pmax = float(load_checkpoint(checkpoint)["phase_max_rad"])
         rig_cfg = load_rig_config(rig) if rig is not None else None
         sets = [load_eval_data(d, pmax) for d in data]  # every input checked before scoring
-        console = Console()
+        console = make_console()
         title = f"dmicro eval {checkpoint.name}" + (f" on rig {rig_cfg.rig_id}" if rig else "")
         table = Table(title=title)
         for col in ("data", "n", "SSIM", "PSNR dB", "RMSE rad", "χ²/dof"):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.commands._choices import Sampling, SlmMode, value
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("export")
@@ -22,11 +24,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             help="calibration bundle folder (placement + LUT); default: the rig's `calibration`",
         ),
         out: Path = typer.Option(Path("runs/export"), "--out", "-o", help="output folder"),
-        mode: str | None = typer.Option(
-            None, "--mode", help="phase | amplitude_phase (default: the rig's slm.mode)"
+        mode: SlmMode | None = typer.Option(
+            None, "--mode", help="what the SLM modulates (default: the rig's slm.mode)"
         ),
-        sampling: str = typer.Option(
-            "nearest", "--sampling", help="filter → SLM resampling: nearest | bilinear"
+        sampling: Sampling = typer.Option(
+            Sampling.nearest, "--sampling", help="filter → SLM resampling"
         ),
         show: bool = typer.Option(False, "--show", help="display it on the rig's SLM"),
         hold: float | None = typer.Option(
@@ -37,18 +39,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Export the learned filter of CHECKPOINT to the SLM: pattern.png/.npy + pattern.json."""
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.config import RigConfig, load_rig_config
-        from dmicro_hw.errors import ConfigError
-        from dmicro_hw.export import MODES, export_checkpoint, load_pattern
+        from dmicro_hw.export import export_checkpoint, load_pattern
+        from dmicro_hw.progress import make_console
 
-        console = Console()
-        if mode is not None and mode not in MODES:
-            raise ConfigError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
-        if sampling not in ("nearest", "bilinear"):
-            raise ConfigError(f"--sampling: must be nearest or bilinear, got {sampling!r}")
+        console = make_console()
+        mode, sampling = value(mode), value(sampling)
         rig = load_rig_config(config) if config is not None else RigConfig()
         cal = calibration if calibration is not None else rig.calibration
         res = export_checkpoint(checkpoint, rig, cal, out, mode=mode, sampling=sampling)

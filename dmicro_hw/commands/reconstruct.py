@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.commands._choices import Device, value
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("reconstruct")
@@ -15,14 +17,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", help="decoder checkpoint (default: the one the run recorded)"
         ),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        device: Device = typer.Option(Device.auto, "--device", help="decoder device"),
         batch: int = typer.Option(32, "--batch", min=1, max=4096, help="frames per batch"),
         threads: int | None = typer.Option(
             None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"
         ),
         force: bool = typer.Option(False, "--force", help="decode every frame again"),
         dask: bool = typer.Option(
-            False, "--dask", help="decode Zarr chunks with Dask (if installed; with --force)"
+            False, "--dask", help="decode Zarr chunks with Dask (needs --force and [dask])"
         ),
         score: bool = typer.Option(
             True, "--score/--no-score", help="score against the simulated bench's true phase"
@@ -42,22 +44,42 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Decode the frames of a stored run that have no phase yet (skipped, --no-recon)."""
         import json
 
-        from rich.console import Console
-        from rich.progress import Progress
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.table import Table
 
         from dmicro_hw.acquisition.offline import reconstruct_store
         from dmicro_hw.acquisition.reconstruct import RefineOptions
         from dmicro_hw.errors import ConfigError
+        from dmicro_hw.extras import require
+        from dmicro_hw.progress import make_console, make_progress
 
-        if device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+        device = value(device)
+        if dask and not force:
+            raise ConfigError(
+                "--dask decodes every frame again and needs --force (without --force, frames "
+                "already decoded are kept and the chunks are walked one by one)"
+            )
+        if dask:
+            require("dask.array", "--dask")
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        console = Console()
-        with Progress(console=console) as progress:
+        console = make_console()
+        with make_progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
             task = progress.add_task("decoding", total=None)
 
             def tick(done: int, total: int) -> None:
@@ -102,19 +124,36 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="run folder or its run.zarr"),
         out: Path | None = typer.Option(None, "--out", "-o", help="folder (default RUN/view)"),
         frames: int = typer.Option(16, "--frames", "-n", min=1, max=400, help="montage size"),
-        mp4: bool = typer.Option(True, "--mp4/--no-mp4", help="also write run.mp4 if possible"),
+        mp4: bool | None = typer.Option(
+            None,
+            "--mp4/--no-mp4",
+            help="H.264 video run.mp4 (default: when imageio-ffmpeg, extra [video], is installed)",
+            show_default=False,
+        ),
         fps: float = typer.Option(15.0, "--fps", min=1.0, max=240.0),
     ) -> None:
-        """Write raw.png and phase.png montages (and run.mp4: raw | phase) of a stored run."""
-        from rich.console import Console
+        """Write raw.png and phase.png montages and run.mp4 (raw | phase, frame ids burnt in);
+        frames without phase (skipped, errors, not decoded) are marked and counted."""
+        from dmicro_hw.acquisition.view import make_views
+        from dmicro_hw.progress import make_console
 
-        from dmicro_hw.acquisition.offline import make_views
-
-        res = make_views(run, out, n_frames=frames, mp4=mp4, fps=fps)
-        console = Console()
-        console.print(f"{res['frames']} frames ({res['phase_frames']} with phase) → {res['out']}")
+        res = make_views(run, out, n_frames=frames, video=mp4, fps=fps)
+        console = make_console()
+        st = res["status"]
+        rest = ", ".join(f"{v} {k}" for k, v in st.items() if v and k != "ok")
+        console.print(
+            f"{res['frames']} frames: {st.get('ok', 0)} with phase"
+            + (f", {rest}" if rest else "")
+            + f" → {res['out']}",
+            soft_wrap=True,
+        )
         for k, v in res["files"].items():
-            console.print(f"  {k}: {v if v else 'not written (no MP4 encoder)'}")
+            if v:
+                console.print(f"  {k}: {v}", soft_wrap=True)
+            elif k == "mp4":
+                console.print(
+                    "  mp4: not written (needs imageio-ffmpeg: pip install 'dmicro-hw[video]')"
+                )
 
 
 def _score_if_simulated(store: Path, decoder: dict) -> dict | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.commands._choices import Device, value
 from dmicro_hw.errors import ConfigError
 
 
@@ -20,7 +21,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         overwrite: bool = typer.Option(
             False, "--overwrite", help="start afresh even if OUT holds an earlier run"
         ),
-        device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
+        device: Device | None = typer.Option(
+            None, "--device", help="torch device (default: the config's device)"
+        ),
         examples: int = typer.Option(3, "--examples", min=0, max=16, help="example figures"),
         threads: int = typer.Option(
             0, "--threads", min=0, help="torch CPU threads (0: torch's default, one per core)"
@@ -30,19 +33,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         metrics.jsonl, summary.json, mask.png and reconstructions.png."""
         import json
 
-        from rich.console import Console
         from rich.table import Table
 
         from dmicro_hw.config import load_train_config
+        from dmicro_hw.progress import make_console
         from dmicro_hw.training.trainer import RichProgress, Trainer
 
-        console = Console()
+        console = make_console()
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        if device is not None and device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device: must be one of auto, cpu, cuda (got {device!r})")
+        device = value(device)
         cfg = load_train_config(config)
         out_dir = out if out is not None else cfg.out_dir
         last = out_dir / "last.pt"

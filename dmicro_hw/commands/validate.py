@@ -104,21 +104,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Fit every bead (projected sphere) and report index and radius against the given."""
-        from rich.console import Console
-
         from dmicro_hw.evaluation.bead_validation import (
             BeadOverrides,
             is_run,
             validate_beads,
             write_report,
         )
+        from dmicro_hw.progress import make_console
 
         given = BeadOverrides(wavelength_m, pixel_size_m, medium_index, index, radius_m)
         report = validate_beads(path, frames=frames, rig_config=config, given=given)
         if out is None:
             out = Path(report.source) if is_run(path) else Path("runs/validate-beads")
         files = write_report(report, out)
-        console = Console()
+        console = make_console()
         console.print(report_table(report))
         console.print(f"beads.json: {files['json']}")
         if files["figure"] is not None:

@@ -88,7 +88,12 @@ def _pick(arrays: dict[str, Any], key: str | None, path: Path) -> np.ndarray:
 
 
 def _read_hdf5(path: Path, key: str | None, matlab: bool) -> np.ndarray:
-    import h5py
+    from dmicro_hw.extras import MissingExtraError, require
+
+    try:
+        h5py = require("h5py", "reading HDF5 / MATLAB v7.3 files")
+    except MissingExtraError as e:
+        raise DataError(f"{path}: {e}") from None
 
     with h5py.File(path, "r") as f:
         if key is not None:

@@ -313,7 +313,7 @@ def validate_run(
         )
     sel = ok[_pick_frames(ok.size, frames)]
     fids = reader.records()["frame_id"]
-    phase_arr = reader.group["phase"]
+    phase_arr = reader.phase_array
     images = [np.asarray(phase_arr[int(i)], dtype=np.float64) for i in sel]
     if not all(np.isfinite(im).all() for im in images):
         raise DataError(f"{reader.path}: decoded phase contains NaN or Inf")

@@ -10,14 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from dmicro_hw.figures import CYCLIC_CMAP, ERROR_CMAP, PHASE_CMAP, RAW_CMAP, colorbar
+from dmicro_hw.figures import plt as _plt
 
 
 def encoder_panels(encoder) -> list[tuple[str, np.ndarray, str]]:
@@ -34,7 +28,7 @@ def encoder_panels(encoder) -> list[tuple[str, np.ndarray, str]]:
                 (
                     f"D2NN layer {i + 1} phase (rad)",
                     torch.remainder(p, 2 * math.pi).cpu().numpy(),
-                    "twilight",
+                    CYCLIC_CMAP,
                 )
                 for i, p in enumerate(encoder.phases)
             ]
@@ -47,8 +41,8 @@ def encoder_panels(encoder) -> list[tuple[str, np.ndarray, str]]:
     phase = np.angle(h.numpy())
     phase = np.where(amp > 1e-6, phase, np.nan)
     return [
-        (f"{h_name}: amplitude", amp, "viridis"),
-        (f"{h_name}: phase (rad)", phase, "twilight"),
+        (f"{h_name}: amplitude", amp, PHASE_CMAP),
+        (f"{h_name}: phase (rad)", phase, CYCLIC_CMAP),
     ]
 
 
@@ -64,9 +58,10 @@ def save_mask_png(encoder, path: Path | str) -> Path | None:
         kw = {"vmin": -math.pi, "vmax": math.pi} if "phase" in title and "D2NN" not in title else {}
         im = ax.imshow(img, cmap=cmap, **kw)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_xlabel("spatial frequency x (filter samples)", fontsize=7)
+        ax.set_ylabel("spatial frequency y (filter samples)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        colorbar(fig, im, ax, "phase (rad)" if "(rad)" in title else "amplitude transmission")
     fig.suptitle("Fourier plane (centred, DC in the middle)", fontsize=10)
     fig.tight_layout()
     p = Path(path)
@@ -92,18 +87,18 @@ def save_reconstructions_png(
         err = np.abs(pr - gt)
         rmse = float(np.sqrt(np.mean((pr - gt) ** 2)))
         cols = [
-            ("true phase (rad)", gt, "magma", 0, vmax),
-            (f"camera frame {fr.shape[0]}×{fr.shape[1]}", fr, "gray", None, None),
-            (f"reconstruction, RMSE {rmse:.3f} rad", pr, "magma", 0, vmax),
-            ("|error| (rad)", err, "inferno", 0, max(vmax / 4, 1e-6)),
+            ("true phase", gt, PHASE_CMAP, 0, vmax, "phase (rad)"),
+            (f"camera frame {fr.shape[0]}×{fr.shape[1]}", fr, RAW_CMAP, None, None, "intensity"),
+            (f"reconstruction, RMSE {rmse:.3f} rad", pr, PHASE_CMAP, 0, vmax, "phase (rad)"),
+            ("|error|", err, ERROR_CMAP, 0, max(vmax / 4, 1e-6), "|error| (rad)"),
         ]
-        for ax, (t, img, cmap, lo, hi) in zip(axes[i], cols):
+        for ax, (t, img, cmap, lo, hi, unit) in zip(axes[i], cols):
             im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0 or "RMSE" in t:
                 ax.set_title(t, fontsize=9)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            colorbar(fig, im, ax, unit)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -125,10 +120,12 @@ def save_bench_figure(
     plt = _plt()
     rows, cols = len(methods), len(ratios) + 1
     vmax = float(ground_truth.max())
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols + 0.8, 2.6 * rows), squeeze=False, layout="constrained"
+    )
     for r, method in enumerate(methods):
         ax = axes[r][0]
-        ax.imshow(ground_truth, cmap="magma", vmin=0, vmax=vmax)
+        im = ax.imshow(ground_truth, cmap=PHASE_CMAP, vmin=0, vmax=vmax)
         ax.set_ylabel(method.upper(), fontsize=11)
         if r == 0:
             ax.set_title("ground truth", fontsize=10)
@@ -136,15 +133,15 @@ def save_bench_figure(
             ax = axes[r][c]
             img = recons.get((method, ratio))
             if img is not None:
-                ax.imshow(img, cmap="magma", vmin=0, vmax=vmax)
+                ax.imshow(img, cmap=PHASE_CMAP, vmin=0, vmax=vmax)
                 ax.set_xlabel(f"SSIM {scores.get((method, ratio), float('nan')):.3f}", fontsize=9)
             if r == 0:
                 ax.set_title(f"×{ratio}", fontsize=10)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    colorbar(fig, im, axes.ravel().tolist(), "phase (rad)", fraction=0.025, shrink=0.8)
     fig.suptitle("Reconstructed phase (held-out cell, sensor noise on)", fontsize=11)
-    fig.tight_layout()
     p = Path(path)
     fig.savefig(p, dpi=100)
     plt.close(fig)

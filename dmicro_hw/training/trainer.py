@@ -141,20 +141,22 @@ class ProgressHook:
 
 
 class RichProgress(ProgressHook):
-    """A rich progress bar: one bar per epoch with the running loss."""
+    """A rich progress bar: one bar per epoch with the running loss (off a terminal: one whole
+    line per epoch on stderr, and every few seconds within long epochs)."""
 
     def __init__(self, console=None, label: str = "") -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
+        from dmicro_hw.progress import make_progress
+
         self.label = label
-        self.progress = Progress(
+        self.progress = make_progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -162,7 +164,6 @@ class RichProgress(ProgressHook):
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
-            transient=False,
         )
         self.progress.start()
         self.task = None

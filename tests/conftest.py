@@ -1,0 +1,53 @@
+"""Shared fixtures: small run stores written by the real RunWriter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmicro_hw.acquisition.writer import RECON_OK, RECON_SKIPPED, RunWriter
+
+PHASE_PIXEL_M = 0.3164e-6  # object-plane pixel of the phase; raw is ×4 (k = 4)
+
+
+def frame_records(ids) -> dict[str, np.ndarray]:
+    """Per-frame records of frames ``ids`` (device time = id ticks, exposure 1 ms)."""
+    ids = np.asarray(ids, np.int64)
+    return {
+        "frame_id": ids,
+        "device_time": ids * 10,
+        "host_time": ids + 0.5,
+        "exposure_s": np.full(len(ids), 1e-3),
+        "pattern_index": np.zeros(len(ids), np.int32),
+    }
+
+
+@pytest.fixture(scope="module")
+def make_run():
+    """``make_run(path, raw, phase=None, skipped=0)``: a finalized 12-bit run of ``raw``
+    (t, 8, 8) uint16 frames; ``phase`` (k, 32, 32) radians decoded ok, then ``skipped`` frames
+    skipped; 1 ms per frame; phase_max_rad 3."""
+
+    def make(path: Path, raw: np.ndarray, phase: np.ndarray | None = None, skipped: int = 0):
+        w = RunWriter(
+            path,
+            frame_shape=raw.shape[1:],
+            dtype=np.uint16,
+            chunk_frames=4,
+            phase_size=32,
+            raw_pixel_m=4 * PHASE_PIXEL_M,
+            phase_pixel_m=PHASE_PIXEL_M,
+            frame_interval_s=1e-3,
+            attrs={"bits_per_pixel": 12, "recon": {"phase_max_rad": 3.0}},
+        )
+        w.append(raw.astype(np.uint16), frame_records(np.arange(len(raw))))
+        if phase is not None:
+            w.append_phase(phase.astype(np.float32), np.full(len(phase), RECON_OK, np.uint8))
+        if skipped:
+            w.append_phase(None, np.full(skipped, RECON_SKIPPED, np.uint8))
+        w.finalize()
+        return path
+
+    return make
