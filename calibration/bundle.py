@@ -140,9 +140,9 @@ def write_bundle(
         np.savez_compressed(out / PROBES_FILE, **{k: np.asarray(v) for k, v in probes.items()})
     if target is not None:
         np.save(out / TARGET_FILE, np.asarray(target, dtype=np.float32), allow_pickle=False)
-    tmp = out / (CALIBRATION_FILE + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(d), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / CALIBRATION_FILE)
+    from dmicro_hw.safe_io import write_text_safely
+
+    write_text_safely(out / CALIBRATION_FILE, json.dumps(_jsonable(d), indent=2) + "\n")
     return out
 
 
@@ -165,6 +165,29 @@ def check_bundle_for_rig(bundle: CalibrationBundle, rig: RigConfig) -> None:
         )
 
 
+def _finite_or_none(v: Any) -> bool:
+    if v is None:
+        return True
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_finite(cal: Path, mismatch: Mismatch) -> None:
+    """Every mismatch parameter must be a finite number (a NaN model decodes nothing)."""
+    import dataclasses
+
+    for f in dataclasses.fields(mismatch):
+        v = getattr(mismatch, f.name)
+        vals = list(v.values()) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else [v]
+        for x in vals:
+            if isinstance(x, bool):
+                continue
+            if not isinstance(x, (int, float)) or not math.isfinite(x):
+                raise CheckpointError(
+                    f"{cal}: mismatch.{f.name} must be a finite number, got {x!r} — the bundle "
+                    "is damaged; recalibrate (`dmicro calibrate`)"
+                )
+
+
 def load_bundle(path: Path | str, rig: RigConfig | None = None) -> CalibrationBundle:
     """Read a bundle folder (or its calibration.json); with ``rig``, check it belongs to it."""
     cal, _, data = read_calibration_json(path)
@@ -178,9 +201,25 @@ def load_bundle(path: Path | str, rig: RigConfig | None = None) -> CalibrationBu
         )
     try:
         mismatch = Mismatch.from_dict(data.get("mismatch", {}))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{cal}: invalid 'mismatch' section ({e})") from None
+    _check_finite(cal, mismatch)
+    wl = data.get("wavelength_m")
+    if not _finite_or_none(wl) or (wl is not None and wl <= 0):
+        raise CheckpointError(f"{cal}: wavelength_m must be a number > 0, got {wl!r}")
+    if not isinstance(data.get("rig_id", ""), str):
+        raise CheckpointError(f"{cal}: rig_id must be a string, got {data.get('rig_id')!r}")
+    params = data.get("parameters", {})
+    if not isinstance(params, dict) or not all(
+        isinstance(v, dict) and _finite_or_none(v.get("value")) for v in params.values()
+    ):
+        raise CheckpointError(
+            f"{cal}: 'parameters' must map names to {{'value': finite number, …}} — the bundle "
+            "is damaged; recalibrate (`dmicro calibrate`)"
+        )
     lut = _load_npy(folder / LUT_FILE, "LUT") if (folder / LUT_FILE).is_file() else None
+    if lut is not None and (lut.dtype.kind not in "fiu" or not np.isfinite(lut).all()):
+        raise CheckpointError(f"{folder / LUT_FILE}: LUT must hold finite numbers; recalibrate")
     lut_sigma = (
         _load_npy(folder / LUT_SIGMA_FILE, "LUT σ") if (folder / LUT_SIGMA_FILE).is_file() else None
     )
@@ -195,7 +234,7 @@ def load_bundle(path: Path | str, rig: RigConfig | None = None) -> CalibrationBu
     b = CalibrationBundle(
         data=data,
         mismatch=mismatch,
-        parameters=dict(data.get("parameters", {})),
+        parameters=dict(params),
         lut=lut,
         lut_sigma=lut_sigma,
         path=folder,

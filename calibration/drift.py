@@ -113,6 +113,10 @@ def evaluate_drift(
         reasons.append(
             f"stored model χ²/dof {chi2_model:.1f} (> {tol.chi2_max:g}; worst probe {worst})"
         )
+    bad = [k for k, v in {**before, **after}.items() if not math.isfinite(float(v))]
+    if not math.isfinite(chi2_model) or bad:
+        what = ", ".join(sorted(set(bad))) or "χ²/dof"
+        reasons.append(f"the model is not finite ({what} NaN/inf): the bundle cannot be trusted")
     metrics = {
         "chi2_dof_stored_model": chi2_model,
         "chi2_dof_per_probe": per_probe,

@@ -217,6 +217,14 @@ def _run(entry: typer.Typer, argv: list[str] | None = None, prog_name: str = "dm
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    except OSError as e:
+        # the file system refused (disk full, permissions, a file where a folder should be):
+        # one line naming the path, as for every other user-side error
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(
+            f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True
+        )
+        return 1
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:

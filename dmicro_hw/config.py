@@ -22,9 +22,11 @@ COMPRESSIONS = (4, 16, 64, 256)
 
 
 class StrictModel(BaseModel):
-    """Base for all config sections: unknown keys are rejected, values are re-validated on set."""
+    """Base for all config sections: unknown keys are rejected, values are re-validated on set,
+    and no float may be NaN or ±inf (``.inf`` photons or phase would give garbage frames, an
+    infinite duration a run that never ends)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,14 +75,17 @@ class SensorConfig(StrictModel):
 
     noise: bool = Field(True, description="Poisson shot noise + Gaussian read noise on/off")
     photons_per_pixel: float = Field(
-        1000.0, gt=0, description="mean photo-electrons per *binned* pixel for unit intensity"
+        1000.0,
+        gt=0,
+        le=1e9,
+        description="mean photo-electrons per *binned* pixel for unit intensity",
     )
     exposure_s: float = Field(1e-3, gt=0, le=10)
-    read_noise_e: float = Field(2.0, ge=0)
-    gain_adu_per_e: float = Field(0.05, gt=0)
-    offset_adu: float = Field(10.0, ge=0)
+    read_noise_e: float = Field(2.0, ge=0, le=1e4)
+    gain_adu_per_e: float = Field(0.05, gt=0, le=1e4)
+    offset_adu: float = Field(10.0, ge=0, le=65535)
     bit_depth: int = Field(12, ge=8, le=16)
-    full_well_e: float = Field(80000.0, gt=0)
+    full_well_e: float = Field(80000.0, gt=0, le=1e9)
 
 
 class SLMModelConfig(StrictModel):
@@ -208,7 +213,7 @@ class FolderDataConfig(StrictModel):
     content: Literal["phase", "complex", "auto"] = "auto"
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
-    phase_max_rad: float = Field(6.283185307179586, gt=0)
+    phase_max_rad: float = Field(6.283185307179586, gt=0, le=1000)
     seed: int = 0
     rescale: Literal["sample", "dataset", "none"] = Field(
         "sample",
@@ -261,7 +266,7 @@ class StageConfig(StrictModel):
 class EncoderConfig(StrictModel):
     kind: Literal["lff", "gpc", "plain", "d2nn"] = "lff"
     d2nn_layers: int = Field(3, ge=1, le=10)
-    d2nn_distance_m: float = Field(5e-6, gt=0)
+    d2nn_distance_m: float = Field(5e-6, gt=0, le=1)
     init: Literal["gpc", "flat"] = Field(
         "gpc",
         description="LFF start: 'gpc' (phase contrast, π/2 on the DC, as the GPC baseline) or "
@@ -334,7 +339,7 @@ class FaultsConfig(StrictModel):
 
     drop_probability: float = Field(0.0, ge=0, le=1)
     late_probability: float = Field(0.0, ge=0, le=1)
-    late_s: float = Field(0.05, ge=0)
+    late_s: float = Field(0.05, ge=0, le=60)
     timeout_at_frame: int | None = Field(None, ge=0)
     disconnect_at_frame: int | None = Field(None, ge=0)
     saturate_probability: float = Field(0.0, ge=0, le=1)
@@ -402,9 +407,9 @@ class BenchConfig(StrictModel):
     """Virtual optical bench (simulators)."""
 
     sample: Literal["cells", "target", "beads"] = "cells"
-    flow_px_per_frame: float = Field(2.0, ge=0)
+    flow_px_per_frame: float = Field(2.0, ge=0, le=1e4)
     seed: int = 0
-    phase_max_rad: float = Field(3.141592653589793, gt=0)
+    phase_max_rad: float = Field(3.141592653589793, gt=0, le=1000)
     mismatch: MismatchConfig = MismatchConfig()
     faults: FaultsConfig = FaultsConfig()
     beads: BeadSampleConfig = BeadSampleConfig()
@@ -414,7 +419,7 @@ class BenchConfig(StrictModel):
 
 class AcquisitionConfig(StrictModel):
     frames: int | None = Field(200, ge=1)
-    duration_s: float | None = Field(None, gt=0)
+    duration_s: float | None = Field(None, gt=0, le=366 * 86400)
     mode: Literal["free-run", "triggered"] = "free-run"
     out: Path = Path("runs/acquire")
     ring_frames: int = Field(256, ge=4, le=1_000_000)
@@ -531,11 +536,39 @@ def resolve_paths(obj: Any, base: Path) -> Any:
     return obj
 
 
+#: a config is small: more nodes than this after alias expansion is a "billion laughs" bomb
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def _check_size(p: Path, data: Any) -> None:
+    """Count the nodes of the alias-expanded tree, stopping at the budget (cost ≤ the budget)."""
+    left = MAX_CONFIG_NODES
+    stack = [(data, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        left -= 1
+        if left < 0 or depth > 100:
+            raise ConfigError(
+                f"{p}: config too large or too deep after expanding YAML aliases "
+                f"(more than {MAX_CONFIG_NODES} values or 100 levels) — refused"
+            )
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+            left -= len(obj)
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj)
+
+
 def read_yaml(path: Path | str) -> dict[str, Any]:
     """Read a YAML mapping safely; raises ConfigError naming the file on any problem."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, not a config file (give the .yaml file)")
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a config file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -544,8 +577,11 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"{p}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read config file ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: YAML nested too deeply") from None
     if data is None:
         data = {}
+    _check_size(p, data)
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(data).__name__}")
     return data

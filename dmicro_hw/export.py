@@ -185,12 +185,26 @@ def read_calibration_json(path: Path | str) -> tuple[Path, bytes, dict[str, Any]
     if len(raw) > MAX_CALIBRATION_JSON_BYTES:
         raise CheckpointError(f"{cal_file}: too large for a calibration file")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cal_file}: not valid JSON ({e})") from None
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except _NonFinite as e:
+        raise CheckpointError(
+            f"{cal_file}: holds a non-finite number ({e}); the bundle is damaged — recalibrate "
+            "(`dmicro calibrate`)"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{cal_file}: not valid JSON ({str(e)[:160]})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{cal_file}: top level must be a JSON object")
     return cal_file, raw, data
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    """json.loads hook for NaN / Infinity / -Infinity: calibration numbers must be finite."""
+    raise _NonFinite(name)
 
 
 def load_slm_calibration(path: Path | str) -> SLMCalibration:
@@ -844,11 +858,22 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_png(path: Path, grey: np.ndarray) -> None:
-    """8-bit (uint8) or 16-bit (uint16, raw grey levels) greyscale PNG."""
+def png_bytes(grey: np.ndarray) -> bytes:
+    """8-bit (uint8) or 16-bit (uint16, raw grey levels) greyscale PNG, encoded."""
+    import io
+
     from PIL import Image
 
-    Image.fromarray(np.ascontiguousarray(grey)).save(path, format="PNG")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(grey)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path: Path, grey: np.ndarray) -> None:
+    """8-bit (uint8) or 16-bit (uint16, raw grey levels) greyscale PNG (atomic, no symlinks)."""
+    from dmicro_hw.safe_io import write_bytes_safely
+
+    write_bytes_safely(path, png_bytes(grey))
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -876,10 +901,16 @@ def write_pattern(
     SHA-256 of the pattern (``sha256.pattern``, container-independent) and of both files. The
     sidecar is written last, atomically. Returns its path.
     """
+    import io
+
+    from dmicro_hw.safe_io import make_output_dir, write_bytes_safely, write_text_safely
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     npy, png, js = out / f"{stem}.npy", out / f"{stem}.png", out / f"{stem}.json"
-    np.save(npy, np.ascontiguousarray(grey), allow_pickle=False)
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(grey), allow_pickle=False)
+    write_bytes_safely(npy, buf.getvalue())
     write_png(png, grey)
     side: dict[str, Any] = {
         "format": PATTERN_FORMAT,
@@ -892,9 +923,7 @@ def write_pattern(
     hashes = dict(meta.get("sha256", {}))
     hashes.update(pattern=sha256_pattern(grey), npy=sha256_file(npy), png=sha256_file(png))
     side["sha256"] = hashes
-    tmp = js.with_name(js.name + ".tmp")
-    tmp.write_text(json.dumps(side, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(js)
+    write_text_safely(js, json.dumps(side, indent=2, sort_keys=False) + "\n")
     return js
 
 
@@ -936,6 +965,20 @@ def load_pattern(path: Path | str, rig: RigConfig | None = None) -> ExportedPatt
         )
     files = side.get("files") or {}
     hashes = side.get("sha256") or {}
+    if not isinstance(files, dict) or not isinstance(hashes, dict):
+        raise CheckpointError(f"{side_p}: 'files' and 'sha256' must be mappings")
+    shape = side.get("shape")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape)
+    ):
+        raise CheckpointError(f"{side_p}: 'shape' must be [rows, cols], got {shape!r}")
+    if not isinstance(side.get("dtype"), str):
+        raise CheckpointError(f"{side_p}: 'dtype' must be a string, got {side.get('dtype')!r}")
+    for k, v in files.items():
+        if not isinstance(v, str) or Path(v).name != v:
+            raise CheckpointError(f"{side_p}: files.{k} must be a file name in the folder")
     kind = "png" if p.suffix.lower() == ".png" else "npy"
     if p.is_file() and p.suffix.lower() in (".npy", ".png"):
         data_p = p
@@ -967,9 +1010,27 @@ def load_pattern(path: Path | str, rig: RigConfig | None = None) -> ExportedPatt
         )
     if sha256_pattern(grey) != hashes.get("pattern"):
         raise CheckpointError(f"{data_p}: pattern SHA-256 does not match its sidecar")
+    _check_grey(grey, side.get("bit_depth"), data_p)
     if rig is not None:
         check_pattern_for_rig(side, rig, side_p)
     return ExportedPattern(grey=grey, sidecar=side, path=side_p)
+
+
+def _check_grey(grey: np.ndarray, bits: Any, where: Path) -> None:
+    """A pattern is a 2-D array of unsigned 8/16-bit grey levels within its bit depth."""
+    if grey.dtype.kind != "u" or grey.dtype.itemsize > 2 or grey.ndim != 2:
+        raise CheckpointError(
+            f"{where}: an SLM pattern is a 2-D uint8/uint16 array of grey levels, this file "
+            f"holds {grey.dtype} {tuple(grey.shape)}"
+        )
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
+        raise CheckpointError(f"{where}: sidecar bit_depth must be an integer 1…16, got {bits!r}")
+    top = int(grey.max()) if grey.size else 0
+    if top >= 1 << bits:
+        raise CheckpointError(
+            f"{where}: grey level {top} is outside the sidecar's {bits}-bit range "
+            f"0…{(1 << bits) - 1}"
+        )
 
 
 def check_pattern_for_rig(side: dict[str, Any], rig: RigConfig, where: Path | str) -> None:

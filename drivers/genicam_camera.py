@@ -51,7 +51,6 @@ on demand, and ``close(); open()`` always starts from a fresh Harvester.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
@@ -105,16 +104,31 @@ def bundled_producers() -> list[Path]:
     return sorted(Path(genicam.__file__).parent.glob("*.cti"))
 
 
+#: functions every GenTL producer exports (GenTL standard, "GenTL C interface")
+GENTL_SYMBOLS = ("GCInitLib", "GCCloseLib", "TLOpen", "TLClose")
+
+
 def check_producer(path: Path | str) -> Path:
-    """Check that ``path`` is a loadable GenTL producer; DeviceError naming the path otherwise."""
+    """Check that ``path`` is a GenTL producer for this machine *without loading it*: its ELF
+    dynamic symbol table must export the GenTL entry points (:data:`GENTL_SYMBOLS`). A refused
+    file never runs (no constructor of it executes). DeviceError naming the path otherwise."""
+    import platform
+
+    from dmicro_hw.drivers.elf_symbols import ElfError, exported_functions
+
     p = Path(path)
     if not p.is_file():
         raise DeviceError(f"camera.cti: GenTL producer not found: {p}")
     try:
-        lib = ctypes.CDLL(str(p.resolve()))
-    except OSError as e:
+        names, machine = exported_functions(p)
+    except (ElfError, OSError) as e:
         raise DeviceError(f"camera.cti: {p} is not a loadable GenTL producer ({e})") from None
-    missing = [s for s in ("GCInitLib", "TLOpen") if not hasattr(lib, s)]
+    here = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
+        platform.machine().lower()
+    )
+    if here and machine != here:
+        raise DeviceError(f"camera.cti: {p} is built for {machine}, this machine is {here}")
+    missing = [s for s in GENTL_SYMBOLS if s not in names]
     if missing:
         raise DeviceError(f"camera.cti: {p} is not a GenTL producer (no {', '.join(missing)})")
     return p

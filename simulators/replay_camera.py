@@ -69,7 +69,10 @@ class _Source:
     ticks_hz: float = TICKS_HZ
     pixel_format: str | None = None
 
-    def frame(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
+    damaged: dict[int, str] = {}
+
+    def frame(self, i: int) -> np.ndarray | None:  # pragma: no cover - abstract
+        """Frame ``i`` as stored; None when the source knows it is damaged."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -96,8 +99,19 @@ class _ZarrSource(_Source):
         # frames readers may trust: the `committed` counter array (written after each chunk),
         # else the `committed_frames` attribute (written at finalize), else all of `raw`
         keys = set(g.array_keys())
+        self.damaged: dict[int, str] = {}
+        self._reader: Any = None
         if "committed" in keys:
-            n = min(n, int(np.asarray(g["committed"][:1])[0]))
+            # a dmicro run store: counters and records checked, damaged frames never replayed
+            from dmicro_hw.acquisition.writer import RunReader
+            from dmicro_hw.errors import DataError
+
+            try:
+                self._reader = RunReader(path)
+            except DataError as e:
+                raise DeviceError(f"camera.replay_path: {e}") from None
+            n = self._reader.committed
+            self.damaged = dict(self._reader.record_damage())
         elif attrs.get("committed_frames") is not None:
             n = min(n, int(attrs["committed_frames"]))
         self.n = n
@@ -136,11 +150,22 @@ class _ZarrSource(_Source):
         self._chunk = int(self.raw.chunks[0]) if self.raw.chunks else 1
         self._block: tuple[int, np.ndarray] | None = None
 
-    def frame(self, i: int) -> np.ndarray:
+    def frame(self, i: int) -> np.ndarray | None:
+        """Frame ``i``, or None when it is damaged (checksum, missing chunk, records)."""
+        if i in self.damaged:
+            return None
         b = i // self._chunk
         if self._block is None or self._block[0] != b:
             lo = b * self._chunk
-            self._block = (b, np.asarray(self.raw[lo : min(lo + self._chunk, self.n)]))
+            if self._reader is not None:
+                data, why = self._reader.raw_chunk(b)
+                if data is None:
+                    for f in range(lo, min(lo + self._chunk, self.n)):
+                        self.damaged[f] = f"raw chunk {b}: {why}"
+                    return None
+            else:
+                data = np.asarray(self.raw[lo : min(lo + self._chunk, self.n)])
+            self._block = (b, data)
         return self._block[1][i - b * self._chunk]
 
 
@@ -263,6 +288,7 @@ class ReplayCamera:
         self._started = False
         self._pos = 0
         self.delivered = 0
+        self.damaged_skipped = 0
 
     @classmethod
     def from_config(cls, section: CameraDeviceConfig, rig: RigConfig | None = None) -> ReplayCamera:
@@ -327,10 +353,13 @@ class ReplayCamera:
         return self._src.n
 
     # ------------------------------------------------------------------ frames
-    def _data(self, i: int) -> tuple[np.ndarray, str]:
+    def _data(self, i: int) -> tuple[np.ndarray, str] | None:
         src = self._src
         try:
-            a = np.asarray(src.frame(i))
+            a = src.frame(i)
+            if a is None:
+                return None
+            a = np.asarray(a)
         except Exception as e:
             msg = f"camera (replay): cannot read frame {i} of {self.path} ({e})"
             raise DeviceError(msg) from None
@@ -394,7 +423,13 @@ class ReplayCamera:
                 wait = t0 + (rel - rel0) - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
                     return
-            data, fmt = self._data(i)
+            got = self._data(i)
+            if got is None:  # damaged in the recording: never replayed (a frame-id gap)
+                self._pos += 1
+                self.damaged_skipped += 1
+                log.warning("replay: frame %d of %s is damaged, skipped", i, self.path)
+                continue
+            data, fmt = got
             meta: dict[str, Any] = {"replay_index": self._pos}
             if src.host_time is not None:
                 meta["recorded_host_time"] = float(src.host_time[i])
@@ -428,6 +463,7 @@ class ReplayCamera:
             "paced": self.paced,
             "loop": self.loop,
             "delivered": self.delivered,
+            "lost_damaged": self.damaged_skipped,  # damaged recorded frames not replayed
             "open": src is not None,
         }
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: small run stores written by the real RunWriter."""
+"""Shared fixtures: small run stores written by the real RunWriter; ``cli`` runs the real
+``dmicro`` command-line entry in-process (no interpreter and torch start-up per call; exit code,
+stdout and stderr as the user sees them). Tests that must see the process itself (signals, exit
+status, one line on the real stderr) still start a subprocess."""
 
 from __future__ import annotations
 
@@ -51,3 +54,26 @@ def make_run():
         return path
 
     return make
+
+
+class CliResult:
+    def __init__(self, rc: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = rc, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    import torch
+
+    from dmicro_hw.cli import _run, app
+
+    n = torch.get_num_threads()
+
+    def call(*args: str) -> CliResult:
+        capsys.readouterr()
+        rc = _run(app, [str(a) for a in args])
+        out = capsys.readouterr()
+        return CliResult(rc, out.out, out.err)
+
+    yield call
+    torch.set_num_threads(n)  # commands may set torch's process-wide thread count

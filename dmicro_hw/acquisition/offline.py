@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from dmicro_hw.acquisition.writer import RECON_OK, PhaseWriter, RunReader
+from dmicro_hw.acquisition.integrity import frame_ranges
+from dmicro_hw.acquisition.reconstruct import decode_status
+from dmicro_hw.acquisition.writer import (
+    RECON_DAMAGED,
+    RECON_ERROR,
+    RECON_OK,
+    PhaseWriter,
+    RunReader,
+)
 from dmicro_hw.errors import CheckpointError, ConfigError, DataError
 from dmicro_hw.extras import require
 
@@ -141,39 +149,61 @@ def reconstruct_store(
     chi2_arr = pw.side.arrays["consistency"]
     chunk = reader.chunk_frames
     t0 = time.perf_counter()
-    decoded = already = 0
+    decoded = already = errors = kept = 0
     n_chunks = math.ceil(n / chunk) if n else 0
+    bad_records = reader.record_damage()
+    damaged: dict[int, str] = {}
     if use_dask:
         if not force:
             raise ConfigError("use_dask decodes every frame again: it needs force=True (--force)")
         require("dask.array", "--dask")
+        if bad_records or reader.damage()["frames"]:
+            log.warning("%s: damaged frames: decoding chunk by chunk, not with Dask", reader.path)
+            use_dask = False
+    if use_dask:
         decoded = _dask_decode(reader, recon, phase_arr, chi2_arr, n)
         status_arr[:n] = np.full(n, RECON_OK, np.uint8)
         pw.set_committed(n)
     else:
         for c in range(n_chunks):
             s, e = c * chunk, min(n, (c + 1) * chunk)
-            status = np.asarray(status_arr[s:e])
+            status, phase, chi2 = _stored_chunk(status_arr, phase_arr, chi2_arr, s, e)
             # past the old phase_committed nothing is trusted (a crash may have left a status
             # written without its phase, or the reverse)
             status[max(0, trusted - s) :] = 0
-            todo = np.arange(e - s) if force else np.nonzero(status != RECON_OK)[0]
-            already += (e - s) - len(todo)
+            raw, why = reader.raw_chunk(c)
+            bad = np.zeros(e - s, dtype=bool)
+            if raw is None:
+                bad[:] = True
+                damaged.update({f: f"raw chunk {c}: {why}" for f in range(s, e)})
+            for f in range(s, e):
+                if f in bad_records:
+                    bad[f - s] = True
+                    damaged.setdefault(f, bad_records[f])
+            todo_mask = ~bad if force else (status != RECON_OK) & ~bad
+            todo = np.nonzero(todo_mask)[0]
+            already += int(((status == RECON_OK) & ~bad).sum()) if not force else 0
+            # a phase decoded while the raw data was still intact stays (nothing lost); the
+            # other damaged frames are never decoded from fill values or altered bytes
+            keep = bad & (status == RECON_OK)
+            mark = bad & ~keep
+            kept += int(keep.sum())
+            changed = len(todo) > 0 or bool((mark & (status != RECON_DAMAGED)).any())
             if len(todo):
-                raw = reader.raw_frames(s, e)
-                partial = len(todo) < e - s
-                phase = np.asarray(phase_arr[s:e]) if partial else None
-                chi2 = np.asarray(chi2_arr[s:e]) if partial else np.full(e - s, np.nan, "f4")
                 out, out_chi2 = recon.decode(raw[todo])
-                if phase is None:
-                    phase = out
-                else:
-                    phase[todo] = out
-                if out_chi2 is not None:
-                    chi2[todo] = out_chi2
-                status[todo] = RECON_OK
+                st = decode_status(out)  # non-finite output: error, phase NaN
+                phase[todo] = out
+                status[todo] = st
+                ok = st == RECON_OK
+                chi2[todo] = np.nan if out_chi2 is None else np.where(ok, out_chi2, np.nan)
+                decoded += int(ok.sum())
+                errors += int((st == RECON_ERROR).sum())
+            if mark.any():
+                phase[mark] = np.nan
+                status[mark] = RECON_DAMAGED
+                chi2[mark] = np.nan
+            if changed:
                 pw.write(s, phase, status, chi2)
-                decoded += len(todo)
             pw.set_committed(e)
             if progress is not None:
                 progress(e, n)
@@ -195,6 +225,11 @@ def reconstruct_store(
         "frames": n,
         "decoded": decoded,
         "already_ok": already,
+        "decode_errors": errors,
+        "damaged": len(damaged),
+        "damaged_kept_phase": kept,
+        "damaged_frames": frame_ranges(list(damaged)),
+        "damage_example": damaged[min(damaged)] if damaged else None,
         "chunks": n_chunks,
         "seconds": round(dt, 3),
         "fps": round(decoded / dt, 1) if dt > 0 and decoded else None,
@@ -205,6 +240,24 @@ def reconstruct_store(
         else None,
         "ms_per_frame": round(1e3 * dt / decoded, 3) if decoded else None,
     }
+
+
+def _stored_chunk(
+    status_arr: Any, phase_arr: Any, chi2_arr: Any, s: int, e: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored status, phase and χ²/dof of frames [s, e); a damaged chunk reads as not decoded."""
+    try:
+        status = np.asarray(status_arr[s:e]).copy()
+        phase = np.asarray(phase_arr[s:e]).copy()
+        chi2 = np.asarray(chi2_arr[s:e]).astype(np.float32)
+    except Exception:  # noqa: BLE001 - damaged phase/status chunk: decode these frames again
+        status = phase = chi2 = np.zeros(0)
+    if status.shape != (e - s,) or phase.shape[0] != e - s or chi2.shape != (e - s,):
+        size = phase_arr.shape[1]
+        status = np.zeros(e - s, dtype=np.uint8)
+        phase = np.full((e - s, size, size), np.nan, dtype=np.float32)
+        chi2 = np.full(e - s, np.nan, dtype=np.float32)
+    return status, phase, chi2
 
 
 def _dask_decode(reader: RunReader, recon: Any, phase_arr: Any, chi2_arr: Any, n: int) -> int:

@@ -52,6 +52,20 @@ def frame_dtype(pixel_format: str, data: np.ndarray) -> np.dtype:
     return np.dtype(np.uint16)
 
 
+def full_scale_value(bits: int, adc_bits: int) -> int:
+    """Stored pixel value of a saturated ADC: (2^adc − 1)·2^(bits − adc), within the format."""
+    return min((1 << bits) - 1, int(round(((1 << adc_bits) - 1) * 2.0 ** (bits - adc_bits))))
+
+
+def device_lost(info: dict[str, Any]) -> int:
+    """Frames the device itself reports lost: the sum of its integer ``lost_*`` counters."""
+    return sum(
+        int(v)
+        for k, v in info.items()
+        if k.startswith("lost_") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+
+
 def percentile(values: Any, q: float) -> float | None:
     v = list(values)
     return float(np.percentile(v, q)) if v else None
@@ -77,6 +91,7 @@ class AcquisitionOptions:
     raw_pixel_m: float = 1e-6
     attrs: dict[str, Any] = field(default_factory=dict)
     patterns: list[dict[str, Any]] = field(default_factory=list)
+    out_claimed: bool = False  # ``out`` is an empty folder made exclusively for this run
 
 
 @dataclass
@@ -240,6 +255,8 @@ class Acquisition:
             frame_interval_s=opt.frame_interval_s,
             attrs=attrs,
             expected_frames=opt.frames,
+            full_scale=full_scale_value(bits, adc_bits),
+            claimed=opt.out_claimed,
         )
         self.ring = FrameRing(opt.ring_frames, shape, dtype)  # type: ignore[arg-type]
         self.ring.add_consumer("writer")
@@ -324,7 +341,9 @@ class Acquisition:
                 writer.flush(max_age_s=1.0)
             writer.flush()
         except Exception as e:  # noqa: BLE001 - a storage failure ends the run, loudly
-            log.exception("writer thread failed")
+            # reported once, in run.json's errors and the command's last line
+            log.info("writer stopped: %s: %s", type(e).__name__, e)
+            log.debug("writer failure", exc_info=True)
             self.errors.append(f"writer: {type(e).__name__}: {e}")
             self.request_stop("storage error")
             # keep the camera thread from waiting on a ring nobody drains
@@ -388,7 +407,7 @@ class Acquisition:
             try:
                 self.writer.finalize(summary)
             except Exception as e:  # noqa: BLE001
-                log.exception("finalize failed")
+                log.info("finalize failed: %s", e)
                 self.errors.append(f"finalize: {e}")
                 summary["errors"] = list(self.errors)
         if self.slm is not None:
@@ -441,6 +460,9 @@ class Acquisition:
         """The run's figures (run.json)."""
         span = self._t_last - self._t_first if self.received > 1 else 0.0
         ring = self.ring.stats() if self.ring else None
+        counters = _safe_info(self.camera)
+        lost_dev = max(0, device_lost(counters) - device_lost(self.camera_info))
+        written = self.writer.committed if self.writer else 0
         out: dict[str, Any] = {
             "out": str(self.opt.out),
             "mode": self.opt.mode,
@@ -448,8 +470,20 @@ class Acquisition:
             "frames_requested": self.opt.frames,
             "duration_requested_s": self.opt.duration_s,
             "frames_received": self.received,
-            "frames_written": self.writer.committed if self.writer else 0,
-            "camera_dropped": self.camera_dropped,
+            "frames_written": written,
+            # received but never committed to the store (a write error ended the run)
+            "frames_unwritten": max(0, self.received - written),
+            # the larger of: gaps in the frame ids, the device's own loss counters (which also
+            # see frames lost after the last delivered one)
+            "camera_dropped": max(self.camera_dropped, lost_dev),
+            "camera_dropped_gaps": self.camera_dropped,
+            "camera_lost_device": lost_dev,
+            "frames_saturated": self.writer.frames_saturated if self.writer else 0,
+            # delivered more than LATE_DELIVERY_S after the best case (per frame:
+            # delivery_delay_s in the store)
+            "frames_late": self.writer.frames_late if self.writer else 0,
+            # the trigger link's own counters (serial box: requests, retries, garbled, timeouts)
+            "trigger_counters": _trigger_counters(self.trigger),
             "ring_dropped": ring.ring_dropped if ring else 0,
             "ring_capacity": self.opt.ring_frames,
             "ring_max_depth": ring.max_depth if ring else {},
@@ -463,7 +497,7 @@ class Acquisition:
                 "frames_lost_in_ids": self.writer.frames_lost if self.writer else 0,
             },
             "camera": self.camera_info,
-            "camera_counters": _safe_info(self.camera),
+            "camera_counters": counters,
             "errors": list(self.errors),
         }
         w = self.worker
@@ -474,6 +508,7 @@ class Acquisition:
                 "decoded": w.decoded,
                 "skipped": w.skipped,
                 "errors": w.errors,
+                "phase_written": self.writer.phase_committed if self.writer else 0,
                 "latency_ms_p50": _r(percentile(w.latency_ms, 50)),
                 "latency_ms_p99": _r(percentile(w.latency_ms, 99)),
                 "batch_ms_p50": _r(percentile(w.batch_ms, 50)),
@@ -495,6 +530,15 @@ def _safe_info(device: Any) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         return {"error": str(e)}
     return {str(k): _jsonable(v) for k, v in dict(info).items()}
+
+
+def _trigger_counters(trigger: Any) -> dict[str, Any] | None:
+    if trigger is None:
+        return None
+    stats = getattr(trigger, "stats", None)
+    if isinstance(stats, dict):
+        return {str(k): _jsonable(v) for k, v in stats.items()}
+    return _safe_info(trigger)
 
 
 def _jsonable(v: Any) -> Any:

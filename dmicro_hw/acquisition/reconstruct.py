@@ -44,6 +44,14 @@ class RefineOptions:
     prior_weight: float = 1.0
 
 
+def decode_status(phase: np.ndarray) -> np.ndarray:
+    """recon_status of decoded frames: ok, or error where the output is not finite (those
+    frames' phase is set to NaN in place)."""
+    bad = ~np.isfinite(phase.reshape(phase.shape[0], -1)).all(axis=1)
+    phase[bad] = np.nan
+    return np.where(bad, RECON_ERROR, RECON_OK).astype(np.uint8)
+
+
 def pick_device(requested: str = "auto") -> str:
     """'auto' → 'cuda' when available, else 'cpu'; 'cuda' without CUDA is a ConfigError."""
     import torch
@@ -365,15 +373,17 @@ class ReconWorker(threading.Thread):
         try:
             self._loop()
         except BaseException as e:  # noqa: BLE001 - reported by the pipeline
-            log.exception("reconstruction worker failed")
+            log.info("reconstruction worker stopped: %s: %s", type(e).__name__, e)
+            log.debug("reconstruction worker failure", exc_info=True)
             self.error = e
         finally:
             try:
                 # whatever was never reached (deadline, failure) is marked skipped
                 self._skip(self.ring.published - self.next_seq)
                 self.writer.flush_phase()
-            except Exception:  # noqa: BLE001
-                log.exception("could not flush phase")
+            except Exception as e:  # noqa: BLE001
+                log.info("could not flush phase: %s", e)
+                self.error = self.error or e
 
     def _loop(self) -> None:
         while True:
@@ -389,9 +399,13 @@ class ReconWorker(threading.Thread):
             chi2 = None
             try:
                 phase, chi2 = self.recon.decode(b.data)
-                status = np.full(b.n, RECON_OK, dtype=np.uint8)
-            except Exception:  # noqa: BLE001 - a decode failure must not stop acquisition
-                log.exception("decoding frames %d..%d failed", b.seq0, b.seq0 + b.n - 1)
+                status = decode_status(phase)
+                self.errors += int((status == RECON_ERROR).sum())
+                if chi2 is not None:  # no consistency figure for a frame whose phase is NaN
+                    chi2 = np.where(status == RECON_OK, chi2, np.nan).astype(np.float32)
+            except Exception as e:  # noqa: BLE001 - a decode failure must not stop acquisition
+                log.error("decoding frames %d..%d failed: %s", b.seq0, b.seq0 + b.n - 1, e)
+                log.debug("decode failure", exc_info=True)
                 phase = None
                 status = np.full(b.n, RECON_ERROR, dtype=np.uint8)
                 self.errors += b.n
@@ -399,7 +413,7 @@ class ReconWorker(threading.Thread):
             self.writer.append_phase(phase, status, chi2)
             self.next_seq = b.seq0 + b.n
             if phase is not None:
-                self.decoded += b.n
+                self.decoded += int((status == RECON_OK).sum())
                 self.batch_ms.append((t1 - t0) * 1e3)
                 self.latency_ms.extend(((t1 - b.records["recv_time"]) * 1e3).tolist())
                 if self.on_phase is not None:

@@ -29,6 +29,7 @@ from typing import Any
 from dmicro_hw.acquisition.pipeline import Acquisition, AcquisitionOptions
 from dmicro_hw.config import RigConfig
 from dmicro_hw.errors import CheckpointError, ConfigError
+from dmicro_hw.safe_io import check_output_dir, make_output_dir, release_space, reserve_space
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +74,22 @@ class Assets:
 
 def _camera_response(cal_path: Path) -> tuple[float, float]:
     """Camera gain/offset of a calibration bundle (1, 0 when it has none)."""
-    f = cal_path / "calibration.json" if cal_path.is_dir() else cal_path
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 1.0, 0.0
+    from dmicro_hw.export import read_calibration_json
+
+    f, _, data = read_calibration_json(cal_path)
     for section, gk, ok in (
         ("camera", "gain", "offset_adu"),
         ("mismatch", "camera_gain", "camera_offset_adu"),
     ):
         s = data.get(section)
         if isinstance(s, dict) and (gk in s or ok in s):
-            g, o = float(s.get(gk, 1.0)), float(s.get(ok, 0.0))
-            if not (math.isfinite(g) and g > 0 and math.isfinite(o)):
-                raise CheckpointError(f"{f}: {section}.{gk} must be > 0 and finite, got {g}")
-            return g, o
+            g, o = s.get(gk, 1.0), s.get(ok, 0.0)
+            for key, v, positive in ((gk, g, True), (ok, o, False)):
+                good = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if not good or not math.isfinite(v) or (positive and v <= 0):
+                    want = "a finite number > 0" if positive else "a finite number"
+                    raise CheckpointError(f"{f}: {section}.{key} must be {want}, got {v!r}")
+            return float(g), float(o)
     return 1.0, 0.0
 
 
@@ -169,10 +171,11 @@ def frame_interval_s(rig: RigConfig, mode: str) -> float:
     return 0.0
 
 
-def write_run_json(path: Path, summary: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def write_run_json(path: Path, summary: dict[str, Any], reserve: Path | None = None) -> None:
+    """``run.json``: atomic, never through a symlink, written from the reserve when disk is full."""
+    from dmicro_hw.safe_io import write_text_safely
+
+    write_text_safely(path, json.dumps(summary, indent=2, default=str) + "\n", reserve=reserve)
 
 
 class Session:
@@ -210,6 +213,10 @@ class Session:
         self.store = self.out_dir / "run.zarr"
         if self.store.exists():
             raise ConfigError(f"--out {self.out_dir}: already holds a run (run.zarr)")
+        check_output_dir(self.out_dir)
+        self._made_out = not self.out_dir.exists()
+        self._reserve: Path | None = None
+        self._claimed = False
         self.do_recon = bool(recon and acq.recon)
         self.recon_device = recon_device or acq.recon_device
         self.score = score
@@ -228,7 +235,18 @@ class Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        try:
+            self._stack.close()
+        finally:
+            release_space(self._reserve)
+            self._release_bench()
+            if self.acq is None or self.acq.writer is None:
+                # nothing was recorded: leave no empty run folder behind
+                mine = self.store if self._claimed else None
+                for d in (mine, self.out_dir if self._made_out else None):
+                    if d is not None:
+                        with contextlib.suppress(OSError):
+                            d.rmdir()
 
     # ------------------------------------------------------------------ steps
     def prepare(self) -> None:
@@ -264,6 +282,33 @@ class Session:
                     RefineOptions(acq.refine, acq.refine_prior_weight),
                 )
             self.reconstructor.warmup()
+        self._claim_output()
+
+    def _release_bench(self) -> None:
+        """Drop the simulated rig's shared bench (its rendered stream is large): a process that
+        runs many sessions must not keep one per rig config."""
+        if self.rig.camera.backend == "sim" or self.rig.slm.backend == "sim":
+            from dmicro_hw.simulators.bench import release_bench
+
+            release_bench(self.rig)
+
+    def _claim_output(self) -> None:
+        """Create the run folder and claim ``run.zarr`` exclusively (the loser of two processes
+        racing for one --out gets one clear line), keep disk space in reserve for run.json."""
+        if self._claimed:
+            return
+        make_output_dir(self.out_dir)
+        try:
+            os.mkdir(self.store)
+        except FileExistsError:
+            raise ConfigError(
+                f"--out {self.out_dir}: already holds a run (run.zarr; another process?)"
+            ) from None
+        except OSError as e:
+            msg = f"--out {self.out_dir}: cannot create run.zarr ({e.strerror})"
+            raise ConfigError(msg) from None
+        self._claimed = True
+        self._reserve = reserve_space(self.out_dir)
 
     def open_devices(self) -> None:
         """Open trigger, SLM and camera (each closed again when the session ends)."""
@@ -287,6 +332,7 @@ class Session:
         self.open_devices()
         rig, a = self.rig, self.assets
         assert a is not None
+        self._claim_output()
         attrs = {
             "rig_id": rig.rig_id,
             "config_path": str(self.config_path) if self.config_path else None,
@@ -307,6 +353,7 @@ class Session:
             adc_bits=rig.sensor.bit_depth,
             attrs=attrs,
             patterns=a.patterns_table(),
+            out_claimed=True,
         )
         self.acq = Acquisition(
             self.camera,
@@ -317,7 +364,6 @@ class Session:
             trigger=self.trigger,
             recon=self.reconstructor,
         )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.acq.start()
         if self.acq.worker is not None and self.on_phase is not None:
             self.acq.worker.on_phase = self.on_phase
@@ -340,12 +386,20 @@ class Session:
         summary["consistency"] = None
         if self.reconstructor is not None and self.reconstructor.measurement is not None:
             summary["consistency"] = self._consistency()
-        if self.score and self.reconstructor is not None and self.acq.writer is not None:
+        storage_failed = summary.get("stop_reason") == "storage error"  # scoring writes too
+        if (
+            self.score
+            and self.reconstructor is not None
+            and self.acq.writer is not None
+            and not storage_failed
+        ):
             summary["score"] = self._score()
         if self.acq.writer is not None:
             with contextlib.suppress(Exception):
                 self.acq.writer.set_attrs(summary=summary)
-        write_run_json(self.out_dir / "run.json", summary)
+        write_run_json(self.out_dir / "run.json", summary, reserve=self._reserve)
+        release_space(self._reserve)
+        self._reserve = None
         self.summary = summary
         return summary
 
@@ -383,7 +437,17 @@ def scalar_summary(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "frames received": summary.get("frames_received"),
         "frames written": summary.get("frames_written"),
+        **(
+            {"received, not written": summary["frames_unwritten"]}
+            if summary.get("frames_unwritten")
+            else {}
+        ),
         "camera dropped": summary.get("camera_dropped"),
+        **(
+            {"frames with saturated pixels": summary["frames_saturated"]}
+            if summary.get("frames_saturated")
+            else {}
+        ),
         "ring dropped": summary.get("ring_dropped"),
         "capture fps (device clock)": summary.get("device_fps"),
         "receive fps (host)": summary.get("mean_fps"),

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from dmicro_hw.acquisition.writer import RECON_OK, RECON_STATUS_NAMES, RunReader
+from dmicro_hw.acquisition.integrity import frame_ranges
+from dmicro_hw.acquisition.writer import RECON_DAMAGED, RECON_OK, RECON_STATUS_NAMES, RunReader
 from dmicro_hw.errors import DataError
 from dmicro_hw.figures import PHASE_CMAP, RAW_CMAP, colorbar, rgb
 from dmicro_hw.figures import plt as _plt
@@ -27,7 +28,7 @@ from dmicro_hw.figures import plt as _plt
 log = logging.getLogger(__name__)
 
 #: short label of each recon_status drawn on a frame without phase
-STATUS_LABEL = {0: "not decoded", 1: "ok", 2: "skipped", 3: "error"}
+STATUS_LABEL = {0: "not decoded", 1: "ok", 2: "skipped", 3: "error", 4: "damaged"}
 NO_PHASE = 0  # status of frames past phase_committed
 
 
@@ -126,11 +127,29 @@ def make_views(
         from dmicro_hw.extras import require
 
         require("imageio_ffmpeg", "dmicro view --mp4")
+    # damaged frames (checksum, missing chunk, records) are never drawn: left out of the raw
+    # montage and video, their phase marked
+    dmg = reader.damage()
+    good = np.array([i for i in range(n) if i not in dmg["frames"]], dtype=int)
+    if len(good) == 0:
+        raise DataError(
+            f"{reader.path}: every committed frame is damaged ({dmg['frames'][0]}); "
+            "run `dmicro verify`"
+        )
+    if dmg["frames"]:
+        log.warning(
+            "%s: %d damaged frames left out of the views (%s)",
+            reader.path,
+            len(dmg["frames"]),
+            frame_ranges(list(dmg["frames"])),
+        )
     out = Path(out_dir) if out_dir else reader.path.parent / "view"
     out.mkdir(parents=True, exist_ok=True)
-    fids = reader.records()["frame_id"]
+    fids = reader.records_checked()[0]["frame_id"]
     status = frame_status(reader)
-    idx = _pick(n, n_frames)
+    for i in dmg["phase"]:
+        status[i] = RECON_DAMAGED  # unreadable phase: never shown as data
+    idx = good[_pick(len(good), n_frames)]
     raw = np.asarray(reader.raw.get_orthogonal_selection((idx, slice(None), slice(None))))
     lo, hi = np.percentile(raw, [0.5, 99.5])
     files: dict[str, Any] = {}
@@ -148,12 +167,7 @@ def make_views(
     files["raw_png"] = str(out / "raw.png")
     pmax = phase_max(reader)
     if reader.has_phase:
-        pidx = idx[idx < reader.phase_committed]
-        ph = np.full((len(idx), *reader.phase_array.shape[1:]), np.nan, np.float32)
-        if len(pidx):
-            ph[: len(pidx)] = reader.phase_array.get_orthogonal_selection(
-                (pidx, slice(None), slice(None))
-            )
+        ph = _phase_of(reader, idx, status)
         marks = [
             "" if status[i] == RECON_OK else STATUS_LABEL.get(int(status[i]), "no phase")
             for i in idx
@@ -174,7 +188,9 @@ def make_views(
         files["phase_png"] = str(out / "phase.png")
     files["mp4"] = None
     if video or (video is None and available("imageio_ffmpeg")):
-        files["mp4"] = write_video(reader, out / "run.mp4", fps, max_video_frames, pmax, status)
+        files["mp4"] = write_video(
+            reader, out / "run.mp4", fps, max_video_frames, pmax, status, good
+        )
     elif video is None:
         log.info("%s", missing_message("imageio_ffmpeg", "the H.264 video"))
     counts = status_counts(reader)
@@ -183,8 +199,19 @@ def make_views(
         "frames": n,
         "phase_frames": int((status == RECON_OK).sum()),
         "status": counts,
+        "damaged": len(dmg["frames"]),
         "files": files,
     }
+
+
+def _phase_of(reader: RunReader, idx: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """Phase of frames ``idx`` (NaN where the status is not ok: never read from damage)."""
+    ph = np.full((len(idx), *reader.phase_array.shape[1:]), np.nan, np.float32)
+    rows = np.nonzero((idx < reader.phase_committed) & (status[idx] == RECON_OK))[0]
+    if len(rows):
+        sel = (idx[rows], slice(None), slice(None))
+        ph[rows] = reader.phase_array.get_orthogonal_selection(sel)
+    return ph
 
 
 def _label(img: np.ndarray, lines: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
@@ -217,18 +244,24 @@ def write_video(
     max_frames: int,
     pmax: float,
     status: np.ndarray | None = None,
+    frames: np.ndarray | None = None,
 ) -> str:
-    """raw (upscaled) | phase side by side as H.264 MP4, frame id and status burnt in."""
+    """raw (upscaled) | phase side by side as H.264 MP4, frame id and status burnt in;
+    ``frames``: indices of the (intact) frames to show, default all committed."""
     import imageio_ffmpeg
 
     if path.is_symlink():
         raise DataError(f"{path}: is a symbolic link; refusing to write through it")
-    n = min(reader.committed, max_frames)
+    frames = np.arange(reader.committed) if frames is None else np.asarray(frames, int)
+    frames = frames[:max_frames]
+    n = len(frames)
     status = frame_status(reader) if status is None else status
-    fids = reader.records()["frame_id"]
-    raw = reader.raw_frames(0, n).astype(np.float32)
+    fids = reader.records_checked()[0]["frame_id"][frames]
+    sel = (frames, slice(None), slice(None))
+    raw = np.asarray(reader.raw.get_orthogonal_selection(sel)).astype(np.float32)
     lo, hi = np.percentile(raw, [0.5, 99.5])
-    phase = reader.phase(0, n) if reader.has_phase and reader.phase_committed else None
+    phase = _phase_of(reader, frames, status) if reader.has_phase else None
+    status = status[frames]
     size = reader.phase_array.shape[1] if reader.has_phase else max(raw.shape[1:]) * 4
     size = max(size, 256)  # legible burnt-in text
     size += size % 16  # macro blocks: no rescaling by the encoder
@@ -249,7 +282,7 @@ def write_video(
             tiles = [_upscale(rgb(raw[i], RAW_CMAP, float(lo), float(max(hi, lo + 1))), size)]
             tiles[0] = _label(tiles[0], [(f"id {int(fids[i])}  raw", (255, 255, 255))])
             if reader.has_phase:
-                ok = phase is not None and i < len(phase) and status[i] == RECON_OK
+                ok = phase is not None and status[i] == RECON_OK
                 p = phase[i] if ok else np.full(reader.phase_array.shape[1:], np.nan)
                 tile = _upscale(rgb(p, PHASE_CMAP, 0.0, pmax), size)
                 lines = [(f"id {int(fids[i])}  phase 0-{pmax:.2f} rad", (255, 255, 255))]

@@ -15,7 +15,10 @@ Layout of ``RUN.zarr`` (one local Zarr v3 hierarchy, an OME-Zarr 0.5 collection 
     exposure_s     (t,) float64
     pattern_index  (t,) int32    index into attrs["dmicro"]["patterns"] (id + sha256 of each)
     dropped_before (t,) int32    frames missing just before this one (camera gap or ring overflow)
-    recon_status   (t,) uint8    0 not reconstructed, 1 ok, 2 skipped (backpressure), 3 error
+    saturated_px   (t,) int32    pixels at the ADC's full scale in this frame
+    delivery_delay_s (t,) float32 delivery later than the best case of the surrounding 10 s
+    recon_status   (t,) uint8    0 not reconstructed, 1 ok, 2 skipped (backpressure), 3 error,
+                                 4 damaged raw data (not decoded)
     consistency    (t,) float32  χ²/dof of the frame re-simulated from its phase (NaN: not checked)
     committed      (1,) int64    frames of raw + records fully written  ← readers trust this
     phase_committed(1,) int64    leading frames whose phase/recon_status are final
@@ -32,6 +35,11 @@ the committed length and records the run summary in the root attributes.
 Two threads write: the raw side (writer thread: ``raw``, the records, ``committed``) and the phase
 side (reconstruction worker: ``phase``, ``recon_status``, ``phase_committed``); they touch disjoint
 arrays and each side resizes only its own.
+
+Integrity (:mod:`~dmicro_hw.acquisition.integrity`): every chunk of every array carries a CRC32C
+checksum that zarr checks on read, and all-fill chunks are written too, so a missing chunk inside
+the committed range is damage. :class:`RunReader` refuses a store whose counters or ``frame_id``
+cannot be trusted and reports damaged frames; it never hands out fill values as frames.
 """
 
 from __future__ import annotations
@@ -47,17 +55,27 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.acquisition import ome
+from dmicro_hw.acquisition.integrity import (
+    INTEGRITY,
+    WRITE_CONFIG,
+    frame_ranges,
+    read_checked,
+    read_chunk,
+    with_checksum,
+    writable,
+)
 from dmicro_hw.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "dmicro-run/1"
-RECON_NONE, RECON_OK, RECON_SKIPPED, RECON_ERROR = 0, 1, 2, 3
+RECON_NONE, RECON_OK, RECON_SKIPPED, RECON_ERROR, RECON_DAMAGED = 0, 1, 2, 3, 4
 RECON_STATUS_NAMES = {
     RECON_NONE: "not reconstructed",
     RECON_OK: "ok",
     RECON_SKIPPED: "skipped (decoder behind)",
-    RECON_ERROR: "error",
+    RECON_ERROR: "error (decoder failed or non-finite output)",
+    RECON_DAMAGED: "damaged raw data (not decoded)",
 }
 
 #: raw-side per-frame arrays (name → (dtype, fill value, description))
@@ -68,7 +86,20 @@ RAW_RECORDS: dict[str, tuple[str, Any, str]] = {
     "exposure_s": ("float64", float("nan"), "exposure time, seconds"),
     "pattern_index": ("int32", -1, "index into attributes dmicro.patterns"),
     "dropped_before": ("int32", 0, "frames lost just before this frame"),
+    "saturated_px": ("int32", -1, "pixels at the ADC full scale (-1 = not counted)"),
+    "delivery_delay_s": (
+        "float32",
+        float("nan"),
+        "host receipt minus the device timestamp, above the smallest such offset of the "
+        "surrounding 10 s (NaN without device timestamps)",
+    ),
 }
+#: arrays a run store must have besides the raw image; without them no frame can be trusted
+REQUIRED_ARRAYS = ("committed", "frame_id")
+#: a frame delivered this much later than its neighbours' best case counts as late
+LATE_DELIVERY_S = 0.05
+#: device-time window over which the best-case host−device offset is taken (clock drift)
+DELAY_WINDOW_S = 10.0
 
 #: unit of each per-frame record (stored as the array attribute ``units``)
 RECORD_UNITS: dict[str, str] = {
@@ -78,6 +109,8 @@ RECORD_UNITS: dict[str, str] = {
     "exposure_s": "s",
     "pattern_index": "index",
     "dropped_before": "count",
+    "saturated_px": "count",
+    "delivery_delay_s": "s",
 }
 
 #: the nearest pymmcore-plus ``FrameMetaV1`` key of each record (None: no counterpart there),
@@ -89,13 +122,23 @@ FRAME_META_V1: dict[str, str | None] = {
     "exposure_s": "exposure_ms",  # × 1000
     "pattern_index": None,
     "dropped_before": None,
+    "saturated_px": None,
+    "delivery_delay_s": None,
 }
 
 
-def _blosc() -> Any:
+def _blosc() -> list[Any]:
+    """Image chunks: Blosc-zstd with bitshuffle, then the CRC32C checksum."""
     from zarr.codecs import BloscCodec
 
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    return with_checksum(BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+
+
+def _zstd() -> list[Any]:
+    """1-D record chunks: zstd, then the CRC32C checksum."""
+    from zarr.codecs import ZstdCodec
+
+    return with_checksum(ZstdCodec())
 
 
 def image_array(group: Any, name: str) -> Any:
@@ -158,6 +201,7 @@ def create_image(
         dtype=dtype,
         compressors=_blosc(),
         fill_value=fill,
+        config=WRITE_CONFIG,
         dimension_names=["t", "y", "x"],
         attributes={"units": unit, "long_name": long_name},
     )
@@ -297,6 +341,9 @@ class RunWriter:
         attrs: run metadata stored under root attributes ``dmicro`` (rig id, pattern and
             calibration hashes, pixel format, timestamp frequency, patterns table, …).
         expected_frames: preallocate this many frames (fewer resizes); trimmed at finalize.
+        full_scale: pixel value (ADU as stored) at which the ADC saturates; each frame's count of
+            pixels at or above it is stored in ``saturated_px`` (None: dtype maximum).
+        claimed: ``path`` may be an empty folder the caller created exclusively for this run.
     """
 
     def __init__(
@@ -312,16 +359,25 @@ class RunWriter:
         frame_interval_s: float = 0.01,
         attrs: dict[str, Any] | None = None,
         expected_frames: int | None = None,
+        full_scale: int | None = None,
+        claimed: bool = False,
     ) -> None:
         import zarr
 
         self.path = Path(path)
-        if self.path.exists():
+        claimed_ok = claimed and self.path.is_dir() and not any(self.path.iterdir())
+        if self.path.is_symlink() or (self.path.exists() and not claimed_ok):
             raise DataError(f"{self.path}: output already exists; choose another --out")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.chunk = int(chunk_frames)
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.dtype = np.dtype(dtype)
+        dmax = int(np.iinfo(self.dtype).max) if self.dtype.kind in "ui" else None
+        self.full_scale = full_scale if full_scale is not None else dmax
+        self.frames_saturated = 0
+        self.frames_late = 0
+        self.ticks_hz = float((attrs or {}).get("timestamp_frequency_hz") or 0.0)
+        self._win_min: dict[int, float] = {}
         self.frame_interval_s = float(frame_interval_s)
         self.raw_pixel_m = float(raw_pixel_m)
         self.phase_pixel_m = phase_pixel_m
@@ -332,7 +388,12 @@ class RunWriter:
         self._cap0 = cap
 
         self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
-        dmicro = {"schema": SCHEMA, "created": time.time(), "complete": False}
+        dmicro = {
+            "schema": SCHEMA,
+            "created": time.time(),
+            "complete": False,
+            "integrity": INTEGRITY,
+        }
         dmicro.update(attrs or {})
         dmicro["recon_status_codes"] = {str(k): v for k, v in RECON_STATUS_NAMES.items()}
         self.group.attrs.update({"ome": ome.collection_attrs(), "dmicro": dmicro})
@@ -363,11 +424,12 @@ class RunWriter:
                 chunks=(meta_chunk,),
                 dtype=dt,
                 fill_value=fill,
+                compressors=_zstd(),
+                config=WRITE_CONFIG,
                 dimension_names=["t"],
                 attributes={"description": desc, "units": RECORD_UNITS[name]},
             )
-        counter = g.create_array("committed", shape=(1,), chunks=(1,), dtype="int64", fill_value=0)
-        counter[0] = 0
+        counter = _counter(g, "committed")
         self._raw = _Side(arrays, counter, self.chunk, self._grow)
         self._phase: _Side | None = None
         self._last_frame_id: int | None = None
@@ -409,6 +471,8 @@ class RunWriter:
         dropped = np.clip(gap, 0, None).astype(np.int32)
         self.frames_lost += int(dropped.sum())
         self._last_frame_id = int(fid[-1])
+        values_dt = np.asarray(records["device_time"], dtype=np.int64)
+        values_ht = np.asarray(records["host_time"], dtype=np.float64)
         values = {
             "raw": np.ascontiguousarray(data, dtype=self.dtype),
             "frame_id": fid,
@@ -417,10 +481,41 @@ class RunWriter:
             "exposure_s": np.asarray(records["exposure_s"], dtype=np.float64),
             "pattern_index": np.asarray(records["pattern_index"], dtype=np.int32),
             "dropped_before": dropped,
+            "saturated_px": self._saturated(data),
+            "delivery_delay_s": self._delays(values_dt, values_ht),
         }
         self._ranges["raw"].add(values["raw"])
         self._raw.add(values, n)
         return self._raw.commit()
+
+    def _delays(self, device_ticks: np.ndarray, host_time: np.ndarray) -> np.ndarray:
+        """Per-frame delivery delay, s: (host − device) offset above the smallest offset seen in
+        this and the previous ``DELAY_WINDOW_S`` of device time (so clock drift does not add
+        up); NaN without device timestamps. Counts frames later than ``LATE_DELIVERY_S``."""
+        if self.ticks_hz <= 0 or not len(device_ticks) or not device_ticks.any():
+            return np.full(len(device_ticks), np.nan, dtype=np.float32)
+        dev_s = device_ticks / self.ticks_hz
+        offset = host_time - dev_s
+        win = np.floor(dev_s / DELAY_WINDOW_S).astype(np.int64)
+        for w in np.unique(win):
+            m = float(offset[win == w].min())
+            self._win_min[int(w)] = min(self._win_min.get(int(w), m), m)
+        for w in [k for k in self._win_min if k < int(win.max()) - 1]:
+            del self._win_min[w]  # keep the current and the previous window only
+        base = np.array(
+            [min(self._win_min[int(w)], self._win_min.get(int(w) - 1, np.inf)) for w in win]
+        )
+        delay = np.maximum(offset - base, 0.0).astype(np.float32)
+        self.frames_late += int((delay > LATE_DELIVERY_S).sum())
+        return delay
+
+    def _saturated(self, data: np.ndarray) -> np.ndarray:
+        """Pixels at or above the full scale, per frame (−1 when the scale is unknown)."""
+        if self.full_scale is None:
+            return np.full(data.shape[0], -1, dtype=np.int32)
+        sat = (data >= self.full_scale).sum(axis=(1, 2)).astype(np.int32)
+        self.frames_saturated += int((sat > 0).sum())
+        return sat
 
     def flush(self, max_age_s: float | None = None) -> int:
         """Commit pending raw frames now (a partial chunk), or only if older than ``max_age_s``."""
@@ -499,8 +594,25 @@ class RunWriter:
             committed_frames=self.committed,
             frames_lost=self.frames_lost,
             frame_id_resets=self.frame_id_resets,
+            frames_saturated=self.frames_saturated,
+            frames_late=self.frames_late,
             **({"summary": summary} if summary else {}),
         )
+
+
+def _counter(g: Any, name: str) -> Any:
+    """A (1,) int64 commit counter, checksummed, set to 0."""
+    counter = g.create_array(
+        name,
+        shape=(1,),
+        chunks=(1,),
+        dtype="int64",
+        fill_value=0,
+        compressors=with_checksum(),
+        config=WRITE_CONFIG,
+    )
+    counter[0] = 0
+    return counter
 
 
 def _create_phase_side(
@@ -534,14 +646,13 @@ def _create_phase_side(
         chunks=(meta_chunk,),
         dtype="uint8",
         fill_value=0,
+        compressors=_zstd(),
+        config=WRITE_CONFIG,
         dimension_names=["t"],
         attributes={"codes": {str(k): v for k, v in RECON_STATUS_NAMES.items()}},
     )
     consistency = _create_consistency(g, cap, meta_chunk)
-    counter = g.create_array(
-        "phase_committed", shape=(1,), chunks=(1,), dtype="int64", fill_value=0
-    )
-    counter[0] = 0
+    counter = _counter(g, "phase_committed")
     return _Side(
         {"phase": phase, "recon_status": status, "consistency": consistency},
         counter,
@@ -557,6 +668,8 @@ def _create_consistency(g: Any, cap: int, meta_chunk: int) -> Any:
         chunks=(meta_chunk,),
         dtype="float32",
         fill_value=float("nan"),
+        compressors=_zstd(),
+        config=WRITE_CONFIG,
         dimension_names=["t"],
         attributes={
             "units": "1",
@@ -573,7 +686,15 @@ def _consistency(values: np.ndarray | None, n: int) -> np.ndarray:
 
 
 class RunReader:
-    """Read a run store; only committed frames are exposed (safe after a crash)."""
+    """Read a run store; only committed frames are exposed (safe after a crash).
+
+    Refused (:class:`~dmicro_hw.errors.DataError`, one line naming the store): no ``zarr.json``,
+    unreadable metadata, a missing raw image, ``committed`` or ``frame_id`` array, an unreadable
+    or negative commit counter. ``problems`` lists lesser inconsistencies (a counter past the end
+    of ``raw``, which is then clipped). Damaged chunks: :meth:`raw_frames` and :meth:`records`
+    raise naming the frames; :meth:`raw_chunk` and :meth:`record_damage` report them so that
+    callers can skip and mark those frames; :meth:`damage` scans the whole store.
+    """
 
     def __init__(self, path: Path | str, mode: str = "r") -> None:
         import zarr
@@ -583,19 +704,59 @@ class RunReader:
             self.path = self.path / "run.zarr"
         if not (self.path / "zarr.json").is_file():
             raise DataError(f"{path}: not a run store (no zarr.json)")
+        self.problems: list[str] = []
+        self._arrays: dict[str, Any] = {}
+        self._record_damage: dict[int, str] | None = None
         try:
             self.group = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+            keys = set(self.group.keys())
+            self._raw = image_array(self.group, "raw")
         except Exception as e:  # noqa: BLE001 - corrupt store → one-line user error
-            raise DataError(f"{path}: cannot open run store ({e})") from None
-        self._raw = image_array(self.group, "raw")
-        if self._raw is None or "committed" not in self.group:
+            raise DataError(f"{path}: damaged run store: cannot open it ({_short(e)})") from None
+        if self._raw is None or "committed" not in keys:
             raise DataError(f"{path}: not a dmicro run store (no raw/committed arrays)")
-        self.committed = int(self.group["committed"][0])
-        self.committed = min(self.committed, int(self._raw.shape[0]))
+        missing = [k for k in REQUIRED_ARRAYS if k not in keys]
+        if missing:
+            raise DataError(f"{self.path}: damaged run store: array {missing[0]!r} is missing")
+        self.checksummed = self.attrs.get("integrity") == INTEGRITY
+        if self._raw.ndim != 3:
+            raise DataError(
+                f"{self.path}: damaged run store: raw is not (t, y, x): {self._raw.shape}"
+            )
+        self.committed = self._counter("committed", int(self._raw.shape[0]))
+
+    def _counter(self, name: str, limit: int) -> int:
+        a = self.array(name)
+        data, why = read_chunk(self.path, a, 0, 1, self.checksummed)
+        if data is None or data.shape != (1,):
+            raise DataError(f"{self.path}: damaged run store: counter {name!r} {why or 'bad'}")
+        v = int(data[0])
+        if v < 0:
+            raise DataError(
+                f"{self.path}: damaged run store: counter {name!r} is {v} (must be ≥ 0)"
+            )
+        if v > limit:
+            self.problems.append(f"{name} = {v} but only {limit} frames are stored; using {limit}")
+            v = limit
+        return v
+
+    def array(self, name: str) -> Any:
+        """Array ``name`` of the store — a per-frame record, a counter, or the level-0 array of
+        image ``raw``/``phase`` (DataError naming it when its metadata is damaged)."""
+        if name not in self._arrays:
+            try:
+                a = image_array(self.group, name) if name in ("raw", "phase") else None
+                self._arrays[name] = a if a is not None else self.group[name]
+            except Exception as e:  # noqa: BLE001
+                raise DataError(
+                    f"{self.path}: damaged run store: cannot open array {name!r} ({_short(e)})"
+                ) from None
+        return self._arrays[name]
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get("dmicro", {}))
+        d = self.group.attrs.get("dmicro", {})
+        return dict(d) if isinstance(d, dict) else {}
 
     @property
     def raw(self) -> Any:
@@ -605,7 +766,12 @@ class RunReader:
     @property
     def phase_array(self) -> Any:
         """Level-0 array of the phase image (t, N, N) radians, or None."""
-        return image_array(self.group, "phase")
+        try:
+            return image_array(self.group, "phase")
+        except Exception as e:  # noqa: BLE001
+            raise DataError(
+                f"{self.path}: damaged run store: cannot open the phase image ({_short(e)})"
+            ) from None
 
     def image_names(self) -> list[str]:
         """Images of this run (``raw``, ``phase``, …) in the order of the OME index."""
@@ -630,42 +796,134 @@ class RunReader:
     def chunk_frames(self) -> int:
         return int(self.raw.chunks[0])
 
+    # ------------------------------------------------------------------ checked reads
+    def raw_chunk(self, index: int) -> tuple[np.ndarray | None, str | None]:
+        """Committed frames of raw chunk ``index``: ``(frames, None)`` or ``(None, reason)``."""
+        return read_chunk(self.path, self.raw, index, self.committed, self.checksummed)
+
+    def record_damage(self) -> dict[int, str]:
+        """Frame index → reason, for committed frames whose per-frame records are damaged."""
+        if self._record_damage is None:
+            bad: dict[int, str] = {}
+            for k in RAW_RECORDS:
+                if k in self.group:
+                    _, b = read_checked(self.path, self.array(k), self.committed, self.checksummed)
+                    for f, why in b.items():
+                        bad.setdefault(f, why)
+            self._record_damage = bad
+        return self._record_damage
+
+    def _refuse(self, bad: dict[int, str], what: str) -> None:
+        if bad:
+            first = bad[min(bad)]
+            raise DataError(
+                f"{self.path}: {what} of frames {frame_ranges(list(bad))} damaged ({first}); "
+                "run `dmicro verify` for the full list"
+            )
+
     def raw_frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Committed raw frames ``[start, stop)``; DataError naming damaged frames."""
         stop = self.committed if stop is None else min(stop, self.committed)
-        return np.asarray(self.raw[start:stop])
+        if stop <= start:
+            return np.zeros((0, *self.frame_shape), dtype=self.raw.dtype)
+        c = self.chunk_frames
+        parts, bad = [], {}
+        for i in range(start // c, -(-stop // c)):
+            data, why = self.raw_chunk(i)
+            if data is None:
+                for f in range(max(start, i * c), min(stop, (i + 1) * c)):
+                    bad[f] = f"raw chunk {i}: {why}"
+                continue
+            parts.append(data[max(0, start - i * c) : stop - i * c])
+        self._refuse(bad, "raw data")
+        return np.concatenate(parts)
 
     def records(self) -> dict[str, np.ndarray]:
+        """Per-frame records of the committed frames; DataError naming damaged frames."""
+        self._refuse(self.record_damage(), "per-frame records")
         n = self.committed
-        return {k: np.asarray(self.group[k][:n]) for k in RAW_RECORDS if k in self.group}
+        return {k: np.asarray(self.array(k)[:n]) for k in RAW_RECORDS if k in self.group}
 
+    def records_checked(self) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """Records with damaged chunks holding fill values, and frame index → reason."""
+        out = {}
+        for k in RAW_RECORDS:
+            if k in self.group:
+                out[k], _ = read_checked(self.path, self.array(k), self.committed, self.checksummed)
+        return out, self.record_damage()
+
+    def damage(self) -> dict[str, Any]:
+        """Scan the whole store (every chunk in the committed ranges).
+
+        Returns ``{"frames": {index: reason}`` (raw or record damage), ``"phase": {index:
+        reason}`` (phase/recon_status/consistency damage below ``phase_committed``),
+        ``"problems": [...]}``.
+        """
+        frames = dict(self.record_damage())
+        c = self.chunk_frames
+        for i in range(-(-self.committed // c)):
+            _, why = self.raw_chunk(i)
+            if why:
+                for f in range(i * c, min(self.committed, (i + 1) * c)):
+                    frames[f] = f"raw chunk {i}: {why}"
+        phase: dict[int, str] = {}
+        if self.has_phase:
+            for k in ("phase", "recon_status", "consistency"):
+                if k != "phase" and k not in self.group:
+                    continue
+                _, b = read_checked(
+                    self.path, self.array(k), self.phase_committed, self.checksummed
+                )
+                for f, why in b.items():
+                    phase.setdefault(f, why)
+        return {"frames": frames, "phase": phase, "problems": list(self.problems)}
+
+    # ------------------------------------------------------------------ phase
     @property
     def has_phase(self) -> bool:
-        return self.phase_array is not None
+        return self.phase_array is not None and "recon_status" in self.group
 
     @property
     def phase_committed(self) -> int:
         if "phase_committed" not in self.group:
             return 0
-        return min(int(self.group["phase_committed"][0]), self.committed)
+        if not hasattr(self, "_phase_committed"):
+            self._phase_committed = self._counter("phase_committed", self.committed)
+        return self._phase_committed
 
     def phase(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         if not self.has_phase:
             raise DataError(f"{self.path}: no phase in this run (run `dmicro reconstruct`)")
         stop = self.phase_committed if stop is None else min(stop, self.phase_committed)
-        return np.asarray(self.phase_array[start:stop])
+        try:
+            return np.asarray(self.phase_array[start:stop])
+        except Exception as e:  # noqa: BLE001
+            raise DataError(
+                f"{self.path}: phase of frames {start}-{stop - 1} damaged ({_short(e)}); "
+                "run `dmicro reconstruct --force`"
+            ) from None
 
     def recon_status(self) -> np.ndarray:
         n = self.phase_committed
         if "recon_status" not in self.group:
             return np.zeros(0, dtype=np.uint8)
-        return np.asarray(self.group["recon_status"][:n])
+        st, bad = read_checked(self.path, self.array("recon_status"), n, self.checksummed)
+        for f in bad:
+            st[f] = RECON_NONE  # unreadable status: not trusted as decoded
+        return st
 
     def consistency(self) -> np.ndarray:
         """χ²/dof per phase-committed frame (NaN where not checked; all NaN in older runs)."""
         n = self.phase_committed
         if "consistency" not in self.group:
             return np.full(n, np.nan, dtype=np.float32)
-        return np.asarray(self.group["consistency"][:n])
+        vals, _ = read_checked(self.path, self.array("consistency"), n, self.checksummed)
+        return vals  # a damaged chunk reads as NaN (not checked)
+
+
+def _short(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:160]}"
 
 
 class PhaseWriter:
@@ -696,11 +954,11 @@ class PhaseWriter:
                 _create_consistency(g, max(n, 1), meta_chunk)
             self.side = _Side(
                 {
-                    "phase": stored,
-                    "recon_status": g["recon_status"],
-                    "consistency": g["consistency"],
+                    "phase": writable(stored),
+                    "recon_status": writable(g["recon_status"]),
+                    "consistency": writable(g["consistency"]),
                 },
-                g["phase_committed"],
+                writable(g["phase_committed"]),
                 chunk,
                 chunk * 16,
             )

@@ -8,6 +8,7 @@ disarmed. A second Ctrl-C aborts at once (devices are still left safe).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -114,8 +115,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         console = make_console()
         if frames is not None and duration is not None:
             raise ConfigError("give either --frames or --duration, not both")
-        if duration is not None and not duration > 0:
-            raise ConfigError(f"--duration must be > 0 seconds, got {duration}")
+        if duration is not None and not (math.isfinite(duration) and 0 < duration <= 366 * 86400):
+            raise ConfigError(f"--duration must be a finite number of seconds > 0, got {duration}")
         mode, recon_device = value(mode), value(recon_device)
         if preview:  # asked for on the command line: it must be able to work
             if no_recon:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.safe_io import write_text_safely
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @bench_app.command("acquire")
@@ -147,5 +149,5 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
         console.print(live)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        write_text_safely(out, json.dumps(res, indent=2) + "\n")
         console.print(f"written {out}")

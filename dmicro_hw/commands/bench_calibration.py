@@ -16,6 +16,8 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.safe_io import write_text_safely
+
 
 def _seeds(text: str) -> list[int]:
     from dmicro_hw.errors import ConfigError
@@ -239,7 +241,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             summary["worst_gap_after_vs_trained_no_mismatch_db"] = min(gaps_trained)
         summary["all_recovery_targets_met"] = all(all(r["meets"].values()) for r in rows)
         path = out / "bench_calibration.json"
-        path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        write_text_safely(path, json.dumps(summary, indent=2, default=_json_default) + "\n")
         console.print(f"JSON: {path}")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from dmicro_hw.commands._choices import Device, value
+from dmicro_hw.safe_io import write_text_safely
 
 DEFAULT_BITS = "6,8,10,12"
 
@@ -303,7 +303,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             f"; phase std {f['phase_std_rad']:.3f} rad. Model: {source}"
         )
         path = out / "bench_export.json"
-        path.write_text(json.dumps(res, indent=2, default=_json_default), encoding="utf-8")
+        write_text_safely(path, json.dumps(res, indent=2, default=_json_default))
         console.print(f"wrote {path}")
 
 

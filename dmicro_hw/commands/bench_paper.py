@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dmicro_hw.commands._choices import BenchPreset, Device, value
+from dmicro_hw.safe_io import write_text_safely
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -74,7 +74,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         )
         report = res["report"]
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench-paper.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        write_text_safely((out / "bench-paper.json"), json.dumps(report, indent=2))
         scores = {(r["method"], r["ratio"]): r["ssim"] for r in report["results"]}
         fig = save_bench_figure(
             res["example"], res["recons"], method_list, ratio_list, scores, out / "bench-paper.png"

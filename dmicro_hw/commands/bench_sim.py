@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.safe_io import write_text_safely
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @bench_app.command("sim")
@@ -98,5 +100,5 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "platform": platform.platform(),
             "torch": torch.__version__,
         }
-        out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+        write_text_safely(out, json.dumps({"meta": meta, "results": rows}, indent=2))
         console.print(f"wrote {out}")

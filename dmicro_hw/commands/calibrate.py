@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.safe_io import write_text_safely
+
 STEP_HELP = (
     "comma-separated steps, run in the documented order registration → lut → fit → adapt → "
     "drift (default: registration,lut,fit,drift; plus adapt when a checkpoint is known). "
@@ -182,7 +184,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 import json
 
                 out.mkdir(parents=True, exist_ok=True)
-                (out / "drift.json").write_text(json.dumps(d.to_dict(), indent=2, default=str))
+                write_text_safely(
+                    (out / "drift.json"), json.dumps(d.to_dict(), indent=2, default=str)
+                )
                 console.print(f"drift report: {out / 'drift.json'}")
             raise typer.Exit(0)
         data = result.data

@@ -24,7 +24,7 @@ from typing import Any
 
 import typer
 
-from dmicro_hw.commands._choices import DeviceKind, value
+from dmicro_hw.safe_io import write_text_safely
 
 KINDS = ("slm", "camera", "trigger")
 
@@ -379,7 +379,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             t.add_row(*r)
         console.print(t)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+        write_text_safely(out, json.dumps(result, indent=2))
         console.print(f"wrote {out}")
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.safe_io import write_text_safely
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("eval")
@@ -103,7 +105,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             console.print(f"{label}: per frame {ms}")
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            write_text_safely(out / "eval.json", json.dumps(report, indent=2) + "\n")
             console.print(f"report: {out / 'eval.json'}")
 
 

@@ -58,6 +58,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.errors import ConfigError
         from dmicro_hw.extras import require
         from dmicro_hw.progress import make_console, make_progress
+        from dmicro_hw.safe_io import write_text_safely
 
         device = value(device)
         if dask and not force:
@@ -96,12 +97,22 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 consistency=consistency,
                 refine=RefineOptions(refine, refine_prior),
             )
-        if score:
+        if score and not res["damaged"]:
             res["score"] = _score_if_simulated(Path(res["store"]), res["decoder"])
         t = Table(title=f"reconstruct {res['store']}")
         t.add_column("figure")
         t.add_column("value", justify="right")
-        for k in ("frames", "decoded", "already_ok", "chunks", "seconds", "fps", "dask"):
+        for k in (
+            "frames",
+            "decoded",
+            "already_ok",
+            "decode_errors",
+            "damaged",
+            "chunks",
+            "seconds",
+            "fps",
+            "dask",
+        ):
             t.add_row(k, str(res[k]))
         t.add_row("ms per frame", str(res["ms_per_frame"]))
         t.add_row("refine iterations", str(refine))
@@ -116,8 +127,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 t.add_row(k, f"{sc[k]:.4g}")
         console.print(t)
         out = Path(res["store"]).parent / "reconstruct.json"
-        out.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+        write_text_safely(out, json.dumps(res, indent=2, default=str) + "\n")
         console.print(f"summary: {out}")
+        if res["damaged"]:
+            from dmicro_hw.errors import DataError
+
+            kept = res["damaged_kept_phase"]
+            keep_note = f", {kept} keep the phase decoded before the damage" if kept else ""
+            raise DataError(
+                f"{res['store']}: {res['damaged']} frames with damaged raw data "
+                f"({res['damaged_frames']}; {res['damage_example']}) not decoded, marked "
+                f"recon_status 4{keep_note}; `dmicro verify` lists them"
+            )
 
     @app.command("view")
     def view(

@@ -8,6 +8,7 @@ import typer
 
 from dmicro_hw.commands._choices import Device, value
 from dmicro_hw.errors import ConfigError
+from dmicro_hw.safe_io import write_text_safely
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -86,7 +87,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 trainer.best_path if trainer.best_path.exists() else trainer.last_path
             ),
         }
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_text_safely((out_dir / "summary.json"), json.dumps(summary, indent=2))
         figures = _figures(trainer, out_dir, examples)
 
         table = Table(

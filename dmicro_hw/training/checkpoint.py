@@ -26,7 +26,7 @@ Layout (format version 1)::
 from __future__ import annotations
 
 import datetime as _dt
-import os
+import math
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,10 @@ def save_checkpoint(
     """Write a checkpoint atomically (temporary file + rename). Returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(checkpoint_dict(model, cfg, metrics, training), tmp)
-    os.replace(tmp, p)
+    from dmicro_hw.safe_io import atomic_file
+
+    with atomic_file(p) as f:
+        torch.save(checkpoint_dict(model, cfg, metrics, training), f)
     return p
 
 
@@ -146,8 +147,30 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise CheckpointError(f"{p}: incomplete checkpoint, missing {', '.join(missing)}")
+    _check_numbers(p, obj)
     obj["_path"] = str(p)
     return obj
+
+
+def _check_numbers(p: Path, obj: dict[str, Any]) -> None:
+    """Refuse normalisation values that would make every decoded frame NaN or garbage."""
+    norm = obj.get("frame_norm")
+    if not isinstance(norm, dict):
+        raise CheckpointError(f"{p}: frame_norm must be a mapping with mean and std")
+    for key, positive in (("mean", False), ("std", True)):
+        try:
+            v = float(norm.get(key))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{p}: frame_norm.{key} is not a number") from None
+        if not math.isfinite(v) or (positive and v <= 0):
+            want = "finite and > 0" if positive else "finite"
+            raise CheckpointError(f"{p}: frame_norm.{key} must be {want}, got {v}")
+    try:
+        pm = float(obj.get("phase_max_rad"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{p}: phase_max_rad is not a number") from None
+    if not (math.isfinite(pm) and pm > 0):
+        raise CheckpointError(f"{p}: phase_max_rad must be finite and > 0, got {pm}")
 
 
 def _as_checkpoint(checkpoint: Path | str | dict[str, Any]) -> dict[str, Any]:

@@ -384,9 +384,10 @@ class Trainer:
         many epochs of *this call* (simulates an interruption; used by tests)."""
         if self.save:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(
-                json.dumps(self.cfg.model_dump(mode="json"), indent=2), encoding="utf-8"
-            )
+            from dmicro_hw.safe_io import write_text_safely
+
+            config_json = json.dumps(self.cfg.model_dump(mode="json"), indent=2)
+            write_text_safely(self.out_dir / "config.json", config_json)
         done_here = 0
         try:
             while self._stage_pos < len(self.plan):
@@ -586,9 +587,9 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
+    from dmicro_hw.safe_io import write_text_safely
+
+    write_text_safely(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
