@@ -75,7 +75,7 @@ def test_intact_run_verifies_and_carries_checksums(run, cli):
     p = cli("verify", str(run))
     assert p.returncode == 0, p.stdout + p.stderr
     assert "48 frames intact" in p.stdout and "crc32c" in p.stdout
-    meta = json.loads((run / "run.zarr" / "raw" / "zarr.json").read_text())
+    meta = json.loads((run / "run.zarr" / "raw" / "0" / "zarr.json").read_text())
     assert meta["codecs"][-1]["name"] == "crc32c"
     rec = RunReader(run).records()
     assert (rec["saturated_px"] >= 0).all()
@@ -110,7 +110,7 @@ def test_flipped_bytes_are_named_by_verify_and_never_decoded_as_ok(run, cli):
     st = r.recon_status()
     assert (st[8:16] == RECON_DAMAGED).all() and (st[16:24] == RECON_OK).all()
     assert (np.delete(st, np.s_[8:16]) == RECON_OK).all()
-    ph = np.asarray(r.group["phase"][:48])
+    ph = np.asarray(r.phase_array[:48])
     assert np.isnan(ph[8:16]).all() and np.isfinite(np.delete(ph, np.s_[8:16], 0)).all()
 
 
@@ -147,10 +147,10 @@ def test_replay_camera_skips_damaged_frames(run, tmp_path):
 
 
 def test_view_leaves_damaged_frames_out(run, tmp_path):
-    from dmicro_hw.acquisition.offline import make_views
+    from dmicro_hw.acquisition.view import make_views
 
     chunk_file(run, "raw", 0).unlink()
-    res = make_views(run, tmp_path / "view", n_frames=4, mp4=False)
+    res = make_views(run, tmp_path / "view", n_frames=4, video=False)
     assert res["damaged"] == 8 and (tmp_path / "view" / "raw.png").is_file()
 
 

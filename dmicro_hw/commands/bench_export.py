@@ -23,6 +23,7 @@ from typing import Any
 
 import typer
 
+from dmicro_hw.commands._choices import Device, value
 from dmicro_hw.safe_io import write_text_safely
 
 DEFAULT_BITS = "6,8,10,12"

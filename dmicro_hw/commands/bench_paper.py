@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from dmicro_hw.commands._choices import BenchPreset, Device, value
 from dmicro_hw.safe_io import write_text_safely
 
 

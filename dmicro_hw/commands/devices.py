@@ -24,6 +24,7 @@ from typing import Any
 
 import typer
 
+from dmicro_hw.commands._choices import DeviceKind, value
 from dmicro_hw.safe_io import write_text_safely
 
 KINDS = ("slm", "camera", "trigger")
