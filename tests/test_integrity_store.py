@@ -150,8 +150,12 @@ def test_view_leaves_damaged_frames_out(run, tmp_path):
     from dmicro_hw.acquisition.view import make_views
 
     chunk_file(run, "raw", 0).unlink()
-    res = make_views(run, tmp_path / "view", n_frames=4, video=False)
+    res = make_views(run, tmp_path / "view", n_frames=4, video=None)
     assert res["damaged"] == 8 and (tmp_path / "view" / "raw.png").is_file()
+    assert (tmp_path / "view" / "phase.png").is_file()
+    # the video (when imageio-ffmpeg is installed) shows the 40 intact frames only
+    if res["files"]["mp4"]:
+        assert Path(res["files"]["mp4"]).stat().st_size > 0
 
 
 def test_frame_id_chunk_missing_or_array_missing(run, cli):
