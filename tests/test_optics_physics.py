@@ -199,3 +199,26 @@ def test_lff_with_clear_filter_equals_pupil_filtered_field():
     assert np.isclose(
         float(enc(phase).detach().mean()), float(bin_frames(expected, 2).mean()), rtol=1e-4
     )
+
+
+def test_lff_gpc_init_starts_at_the_gpc_baseline():
+    """encoder.init: gpc — the learned filter starts as the fixed GPC filter (π/2 on the DC),
+    so training never starts below that baseline; 'flat' is the clear aperture."""
+    import torch
+
+    from dmicro_hw.config import EncoderConfig, OpticsConfig, SensorConfig
+    from dmicro_hw.optics.baselines import build_encoder
+
+    optics = OpticsConfig(field_size=32, compression=4)
+    sensor = SensorConfig(noise=False)
+    lff = build_encoder(EncoderConfig(kind="lff", init="gpc"), optics, sensor)
+    gpc = build_encoder(EncoderConfig(kind="gpc"), optics, sensor)
+    torch.testing.assert_close(lff.filter.phase, torch.angle(gpc.h))
+    phi = torch.rand(2, 32, 32)
+    # amplitude sigmoid(4) ≈ 0.982 of GPC's 1: the same image up to that factor squared
+    torch.testing.assert_close(
+        lff.intensity(phi), gpc.intensity(phi) * torch.sigmoid(torch.tensor(4.0)) ** 2,
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
+    flat = build_encoder(EncoderConfig(kind="lff", init="flat"), optics, sensor)
+    assert float(flat.filter.phase.abs().max()) == 0.0
