@@ -33,6 +33,7 @@ import torch
 from dmicro_hw.calibration.bundle import CalibrationBundle
 from dmicro_hw.config import RigConfig, SLMModelConfig
 from dmicro_hw.errors import CheckpointError
+from dmicro_hw.optics.fields import intensity, unit_phasor
 from dmicro_hw.optics.fourier4f import apply_4f
 from dmicro_hw.optics.slm import sample_image
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
@@ -61,7 +62,7 @@ def aberration_phase(system: PhysicalSystem) -> torch.Tensor:
 def compensated_filter(h: torch.Tensor, system: PhysicalSystem) -> torch.Tensor:
     """H·e^{−iW(u+t)}: the filter to display so that the aberrated pupil applies H."""
     w = aberration_phase(system)
-    return (h * torch.polar(torch.ones_like(w), -w)).to(torch.complex64)
+    return (h * unit_phasor(-w)).to(torch.complex64)
 
 
 def fold_camera_into_norm(
@@ -87,7 +88,7 @@ class CalibratedBench:
         """Raw ADU frames (B, n, n) for phases (B, N, N), with sensor noise."""
         s = self.system
         field = apply_4f(s.illuminate(phase), self.filter)
-        return s.frame_from_intensity(s.register_camera(field.abs().square()), generator, True)
+        return s.frame_from_intensity(s.register_camera(intensity(field)), generator, True)
 
 
 def export_pattern(rig: RigConfig, bundle_path: Path, h: torch.Tensor) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmicro_hw.optics.fields import intensity, unit_phasor
 from dmicro_hw.optics.slm import gaussian_blur
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 
@@ -288,7 +289,7 @@ class ForwardModel:
         values = slm.response(torch.stack([v for v, _ in parts]))
         phase = sum(val * ind for val, (_, ind) in zip(values, parts))
         ff = slm.fill_factor
-        return ff * torch.polar(torch.ones_like(phase), phase) + (1 - ff)
+        return ff * unit_phasor(phase) + (1 - ff)
 
     def _key(self, *groups: str) -> tuple:
         return tuple(
@@ -371,7 +372,7 @@ class ForwardModel:
             h = self.filters()
             spec = self.spectra()
             s = torch.stack([spec[o.target] for o in self.obs])
-            return torch.fft.ifft2(s * h).abs().square()
+            return intensity(torch.fft.ifft2(s * h))
 
         return self._cached("intensity", self._key("geometry", "lut", "pupil", "field"), make)
 

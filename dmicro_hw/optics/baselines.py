@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dmicro_hw.config import EncoderConfig, OpticsConfig, SensorConfig
+from dmicro_hw.optics.fields import polar, unit_phasor
 from dmicro_hw.optics.fourier4f import Encoder, LFFEncoder, apply_4f, pupil_mask
 from dmicro_hw.optics.propagation import angular_spectrum
 
@@ -45,7 +46,7 @@ def phase_contrast_filter(
     dc = (torch.hypot(x, y) <= dc_radius_px).to(torch.float32)
     amp = (1 - dc) + dc * dc_amplitude
     phase = dc * shift_rad
-    return torch.polar(amp * pupil_mask(size, pupil_radius), phase.to(torch.float32))
+    return polar(amp * pupil_mask(size, pupil_radius), phase.to(torch.float32))
 
 
 class GPCEncoder(Encoder):
@@ -88,7 +89,7 @@ class D2NNEncoder(Encoder):
         o = self.optics
         for mask in self.phases:
             field = angular_spectrum(field, self.distance_m, o.wavelength_m, o.pixel_size_m)
-            field = field * torch.polar(torch.ones_like(mask), mask)
+            field = field * unit_phasor(mask)
         return angular_spectrum(field, self.distance_m, o.wavelength_m, o.pixel_size_m)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dmicro_hw.config import OpticsConfig, SensorConfig
+from dmicro_hw.optics.fields import intensity, polar, unit_phasor
 from dmicro_hw.optics.sensor import Sensor
 
 FilterTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -34,14 +35,21 @@ def pupil_mask(size: int, radius_fraction: float = 1.0) -> torch.Tensor:
 def phase_to_field(phase: torch.Tensor, amplitude: torch.Tensor | None = None) -> torch.Tensor:
     """Thin sample transmission: (B, H, W) radians → complex64 field A·exp(iφ)."""
     phase = phase.to(torch.float32)
-    field = torch.polar(torch.ones_like(phase), phase)
+    field = unit_phasor(phase)
     return field if amplitude is None else field * amplitude
 
 
 def apply_4f(field: torch.Tensor, filter_centred: torch.Tensor) -> torch.Tensor:
     """Image of ``field`` (…, N, N) through a 4f system with centred Fourier filter (N, N)."""
     h = torch.fft.ifftshift(filter_centred, dim=(-2, -1))
-    return torch.fft.ifft2(torch.fft.fft2(field) * h)
+    spec = torch.fft.fft2(field)
+    if (
+        (torch.is_grad_enabled() and (field.requires_grad or h.requires_grad))
+        or torch.broadcast_shapes(spec.shape, h.shape) != spec.shape
+        or torch.promote_types(spec.dtype, h.dtype) != spec.dtype
+    ):
+        return torch.fft.ifft2(spec * h)
+    return torch.fft.ifft2(spec.mul_(h), out=spec)  # no autograd: in place, one buffer
 
 
 class FourierFilter(nn.Module):
@@ -82,7 +90,7 @@ class FourierFilter(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """The centred complex filter, complex64 (N, N)."""
-        return torch.polar(self.amplitude(), self.phase)
+        return polar(self.amplitude(), self.phase)
 
 
 class Encoder(nn.Module):
@@ -105,7 +113,7 @@ class Encoder(nn.Module):
 
     def intensity(self, phase: torch.Tensor) -> torch.Tensor:
         """Full-resolution image-plane intensity |E|² (B, N, N), float32 — no sensor."""
-        return self.image_field(phase_to_field(phase)).abs().square()
+        return intensity(self.image_field(phase_to_field(phase)))
 
     def raw_frame(self, phase: torch.Tensor, generator: torch.Generator | None = None):
         """Raw camera ADU (B, N/k, N/k) as the sensor would deliver."""

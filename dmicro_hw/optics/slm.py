@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmicro_hw.config import OpticsConfig, SLMModelConfig
+from dmicro_hw.optics.fields import unit_phasor
 
 
 class SLMGeometry(nn.Module):
@@ -198,9 +199,7 @@ class SLMModel(nn.Module):
     def reflectance(self, grey: torch.Tensor) -> torch.Tensor:
         """Complex reflectance on the SLM grid (R, C): fill·exp(iφ) + (1 − fill)."""
         phase = gaussian_blur(self.response(grey), self.fringing_px)
-        return self.fill_factor * torch.polar(torch.ones_like(phase), phase) + (
-            1 - self.fill_factor
-        )
+        return self.fill_factor * unit_phasor(phase) + (1 - self.fill_factor)
 
     def forward(self, grey: torch.Tensor) -> torch.Tensor:
         """Grey levels (R, C) (integer-valued or fractional) → centred filter (N, N) complex64."""

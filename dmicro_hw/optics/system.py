@@ -20,6 +20,7 @@ from torch import nn
 
 from dmicro_hw.config import OpticsConfig, SensorConfig, SLMModelConfig
 from dmicro_hw.optics.aberrations import zernike_noll
+from dmicro_hw.optics.fields import intensity, polar, unit_phasor
 from dmicro_hw.optics.fourier4f import apply_4f, phase_to_field, pupil_mask
 from dmicro_hw.optics.sensor import Sensor
 from dmicro_hw.optics.slm import PhaseResponse, SLMGeometry, SLMModel
@@ -157,7 +158,7 @@ class PhysicalSystem(nn.Module):
     def pupil_function(self) -> torch.Tensor:
         """Pupil × aberration phase, centred complex64 (N, N)."""
         w = torch.einsum("j,jhw->hw", self.zernike, self.zernike_basis)
-        return torch.polar(self.pupil, w.to(torch.float32))
+        return polar(self.pupil, w.to(torch.float32))
 
     def realised_filter(self, grey: torch.Tensor) -> torch.Tensor:
         """Complex filter the bench applies for displayed grey levels (R, C): centred (N, N)."""
@@ -167,7 +168,7 @@ class PhysicalSystem(nn.Module):
         """Sample field under tilted plane-wave illumination (B, N, N) complex64."""
         n = self.optics.field_size
         ramp = 2 * math.pi * (self._yx @ self.tilt_cycles) / n
-        return phase_to_field(phase) * torch.polar(torch.ones_like(ramp), ramp).to(torch.complex64)
+        return phase_to_field(phase) * unit_phasor(ramp).to(torch.complex64)
 
     def register_camera(self, intensity: torch.Tensor) -> torch.Tensor:
         """Resample the image-plane intensity (B, N, N) onto the camera grid (shift/rot/scale)."""
@@ -189,7 +190,7 @@ class PhysicalSystem(nn.Module):
     def intensity(self, phase: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
         """Image-plane intensity on the camera grid, full resolution (B, N, N), float32."""
         field = apply_4f(self.illuminate(phase), self.realised_filter(grey))
-        return self.register_camera(field.abs().square())
+        return self.register_camera(intensity(field))
 
     def forward(
         self,
