@@ -37,6 +37,7 @@ from dmicro_hw.optics.fields import intensity, unit_phasor
 from dmicro_hw.optics.fourier4f import apply_4f
 from dmicro_hw.optics.slm import sample_image
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
+from dmicro_hw.training.optim import make_adam
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def adapt_checkpoint(
     decoder.train()
     for p in decoder.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.Adam(decoder.parameters(), lr=lr)
+    opt = make_adam(decoder.parameters(), lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     losses = []
     for step in range(int(steps)):

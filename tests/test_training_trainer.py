@@ -34,7 +34,9 @@ TINY = {
 
 def _records(path: Path) -> list[dict]:
     recs = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in recs]
+    return [
+        {k: v for k, v in r.items() if k not in ("time_s", "train_s", "steps_per_s")} for r in recs
+    ]
 
 
 def test_fit_outputs_and_exact_resume(tmp_path):
@@ -112,6 +114,12 @@ def test_cli_train(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test"]) == {"psnr", "ssim", "rmse_rad"}
     assert "SSIM" in r.stdout
+    speed = summary["speed"]  # steps/s per stage, fused (or foreach) Adam
+    assert set(speed) == {"optics", "decoder"}
+    for d in speed.values():
+        assert d["steps"] >= 1 and d["steps_per_s"] > 0
+        assert d["optimizer"] in ("Adam (fused)", "Adam (foreach)")
+    assert "steps/s" in r.stdout
 
     # a second run into the same folder must not silently overwrite it
     r = _dmicro("train", "--config", str(path), "--out", str(out), cwd=tmp_path)

@@ -83,6 +83,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "epochs": len(result.history),
             "best_val": result.best,
             "test": test,
+            "speed": trainer.stage_speed(),
             "checkpoint": str(
                 trainer.best_path if trainer.best_path.exists() else trainer.last_path
             ),
@@ -98,6 +99,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             table.add_column(col, justify="right")
         table.add_row(f"{test['ssim']:.4f}", f"{test['psnr']:.2f}", f"{test['rmse_rad']:.4f}")
         console.print(table)
+        if summary["speed"]:
+            speed = Table(title="training speed per stage (validation excluded)")
+            for col in ("stage", "epochs", "steps", "seconds", "steps/s", "optimizer"):
+                speed.add_column(col, justify="left" if col in ("stage", "optimizer") else "right")
+            for name, d in summary["speed"].items():
+                speed.add_row(
+                    name,
+                    str(d["epochs"]),
+                    str(d["steps"]),
+                    f"{d['train_s']:.1f}",
+                    f"{d['steps_per_s']:.2f}" if d["steps_per_s"] else "",
+                    d["optimizer"],
+                )
+            console.print(speed)
         console.print(f"checkpoint: {summary['checkpoint']}")
         for f in figures:
             console.print(f"figure: {f}")

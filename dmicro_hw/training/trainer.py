@@ -31,6 +31,7 @@ from dmicro_hw.errors import CheckpointError, ConfigError
 from dmicro_hw.training import metrics as M
 from dmicro_hw.training.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from dmicro_hw.training.model import DMicroModel
+from dmicro_hw.training.optim import adam_kind, make_adam
 from dmicro_hw.training.stages import (
     PlannedStage,
     affine_fit,
@@ -378,6 +379,23 @@ class Trainer:
             _write_jsonl(self.metrics_path, self.history)
         log.info("resumed %s at stage %d epoch %d", p, self._stage_pos, self._epoch)
 
+    def stage_speed(self) -> dict[str, dict]:
+        """Training speed per stage from the history: optimiser steps, seconds spent in them
+        (validation excluded) and steps/s; plus the Adam implementation in use."""
+        out: dict[str, dict] = {}
+        for r in self.history:
+            if r.get("steps") is None or not r.get("train_s"):
+                continue  # epochs recorded before speed was logged
+            d = out.setdefault(r["stage"], {"epochs": 0, "steps": 0, "train_s": 0.0})
+            d["epochs"] += 1
+            d["steps"] += int(r["steps"])
+            d["train_s"] += float(r["train_s"])
+        for d in out.values():
+            d["steps_per_s"] = round(d["steps"] / d["train_s"], 3) if d["train_s"] > 0 else None
+            d["train_s"] = round(d["train_s"], 3)
+            d["optimizer"] = f"Adam ({getattr(self, 'optimizer_kind', 'fused')})"
+        return out
+
     # -- training ---------------------------------------------------------------------------
     def fit(self, stop_after_epochs: int | None = None) -> TrainResult:
         """Train all stages (continuing a resumed state). ``stop_after_epochs`` stops after that
@@ -408,7 +426,8 @@ class Trainer:
     ) -> tuple[bool, int]:
         st = stage.cfg
         params = set_trainable(self.model, stage.name)
-        opt = torch.optim.Adam(params, lr=st.lr)
+        opt = make_adam(params, st.lr)
+        self.optimizer_kind = adam_kind(opt)
         loader_len = math.ceil(len(self.train_set) / st.batch_size)
         total_steps = max(1, st.epochs * loader_len)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(total_steps, loader_len))
@@ -425,7 +444,9 @@ class Trainer:
             if stop_after is not None and done_here >= stop_after:
                 return False, done_here
             t0 = time.perf_counter()
-            train_loss = self._train_epoch(stage, opt, sched, loader_len)
+            t_train = time.perf_counter()
+            train_loss, steps = self._train_epoch(stage, opt, sched, loader_len)
+            train_s = time.perf_counter() - t_train
             self._epoch += 1
             self._global_epoch += 1
             val = evaluate(
@@ -450,6 +471,9 @@ class Trainer:
                 "val_readout": readout,
                 "lr": opt.param_groups[0]["lr"],
                 "time_s": time.perf_counter() - t0,
+                "steps": steps,
+                "train_s": train_s,
+                "steps_per_s": steps / train_s if train_s > 0 else None,
             }
             self.history.append(record)
             metrics = {k: val[k] for k in ("loss", "psnr", "ssim", "rmse_rad")}
@@ -469,7 +493,8 @@ class Trainer:
             log.info("epoch %s", record)
         return True, done_here
 
-    def _train_epoch(self, stage: PlannedStage, opt, sched, steps: int) -> float:
+    def _train_epoch(self, stage: PlannedStage, opt, sched, steps: int) -> tuple[float, int]:
+        """One epoch of ``stage``: (mean training loss, optimiser steps taken)."""
         st = stage.cfg
         gen_data = torch.Generator().manual_seed(
             derived_seed(self.cfg.seed, stage.index, self._epoch, 1)
@@ -484,7 +509,7 @@ class Trainer:
         if stage.name == "decoder":
             self.model.encoder.eval()
         self.progress.start_epoch(stage.name, self._epoch + 1, st.epochs, steps)
-        total, n = 0.0, 0
+        total, n, taken = 0.0, 0, 0
         for batch in loader:
             phase = phase_batch(batch).to(self.device)
             target = self.model.normalised_target(phase)
@@ -502,11 +527,12 @@ class Trainer:
             loss.backward()
             opt.step()
             sched.step()
+            taken += 1
             val = float(loss.detach())
             total += val * len(phase)
             n += len(phase)
             self.progress.step(val)
-        return total / max(n, 1)
+        return total / max(n, 1), taken
 
     @torch.no_grad()
     def _calibrate_input(self, stage: PlannedStage) -> None:
