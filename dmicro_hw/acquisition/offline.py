@@ -4,16 +4,18 @@
 Decoding uses the same :class:`~dmicro_hw.acquisition.reconstruct.Reconstructor` as the live
 worker, configured from what the run recorded (rig config, checkpoint path and hash, camera
 gain/offset, pixel format). It walks the committed frames chunk by chunk (Zarr chunks along t), or
-hands the chunks to Dask (``use_dask``, with ``force``; extra ``[dask]``), writes phase and
-``recon_status`` and advances ``phase_committed`` — so it can be interrupted and re-run, and it
-only decodes frames that are not yet ``ok`` unless ``force``.
+hands the chunks to Dask (``use_dask``, with ``force``; extra ``[dask]``; ``scheduler`` for Dask
+distributed, :mod:`dmicro_hw.acquisition.distributed`), writes phase and ``recon_status`` and
+advances ``phase_committed`` — so it can be interrupted and re-run, and it only decodes frames
+that are not yet ``ok`` unless ``force``. Frames are batched across chunks at ``batch``; reads
+run ahead and writes behind in threads. Damaged raw chunks or records are never decoded.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,121 @@ def _run_measurement(reader: RunReader, rig: Any, model: Any) -> Any:
     return measurement_for_rig(rig, model, pattern_grey=grey, calibration=cal)
 
 
+@dataclass
+class ChunkTask:
+    """One Zarr chunk of the run (index ``index``): frames ``start`` … ``stop``-1; ``todo`` =
+    indices (within the chunk) to decode by the stored status, ``status`` its recon_status
+    (untrusted entries reset to 0), ``chi2`` its stored χ²/dof, ``stored_damaged`` when the
+    stored status/phase could not be read (decoded again, phase starts as NaN)."""
+
+    index: int
+    start: int
+    stop: int
+    todo: np.ndarray
+    status: np.ndarray
+    chi2: np.ndarray
+    stored_damaged: bool = False
+    # filled by the read stage
+    bad: np.ndarray | None = None
+    prior: np.ndarray | None = None
+    already: int = 0
+    damaged: dict[int, str] = field(default_factory=dict)
+
+
+def _stored_status(
+    status_arr: Any, chi2_arr: Any, s: int, e: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Stored status and χ²/dof of frames [s, e); a damaged chunk reads as not decoded."""
+    try:
+        status = np.asarray(status_arr[s:e]).copy()
+        chi2 = np.asarray(chi2_arr[s:e]).astype(np.float32)
+    except Exception:  # noqa: BLE001 - damaged status/χ² chunk: decode these frames again
+        status = chi2 = np.zeros(0)
+    if status.shape != (e - s,) or chi2.shape != (e - s,):
+        return np.zeros(e - s, np.uint8), np.full(e - s, np.nan, np.float32), True
+    return status, chi2, False
+
+
+def _stored_phase(phase_arr: Any, s: int, e: int) -> np.ndarray:
+    """Stored phase of frames [s, e), NaN where it cannot be read."""
+    try:
+        phase = np.asarray(phase_arr[s:e]).astype(np.float32, copy=True)
+    except Exception:  # noqa: BLE001 - damaged phase chunk: these frames are decoded again
+        phase = np.zeros(0)
+    if phase.shape[:1] != (e - s,):
+        size = phase_arr.shape[1]
+        phase = np.full((e - s, size, size), np.nan, dtype=np.float32)
+    return phase
+
+
+def plan_chunks(reader: RunReader, n: int, force: bool, pw: PhaseWriter) -> list[ChunkTask]:
+    """The chunks of the first ``n`` committed frames and what each still needs by the stored
+    status. Past the old ``phase_committed`` nothing is trusted: a crash may have left a status
+    written without its phase, or the reverse."""
+    chunk = reader.chunk_frames
+    trusted = min(reader.phase_committed, n)
+    status_arr = pw.side.arrays["recon_status"]
+    chi2_arr = pw.side.arrays["consistency"]
+    tasks = []
+    for c, s in enumerate(range(0, n, chunk)):
+        e = min(n, s + chunk)
+        if s < trusted:
+            status, chi2, damaged = _stored_status(status_arr, chi2_arr, s, e)
+        else:
+            status, chi2, damaged = np.zeros(e - s, np.uint8), np.full(e - s, np.nan, "f4"), False
+        status[max(0, trusted - s) :] = 0
+        todo = np.arange(e - s) if force else np.nonzero(status != RECON_OK)[0]
+        tasks.append(ChunkTask(c, s, e, todo, status, chi2, damaged))
+    return tasks
+
+
+def group_windows(tasks: list[ChunkTask], batch: int) -> list[list[ChunkTask]]:
+    """Consecutive chunks grouped until each group holds ≥ ``batch`` frames to decode (the last
+    may hold fewer): the decoder then sees full batches across chunk boundaries."""
+    windows: list[list[ChunkTask]] = []
+    cur: list[ChunkTask] = []
+    k = 0
+    for t in tasks:
+        cur.append(t)
+        k += len(t.todo)
+        if k >= batch:
+            windows.append(cur)
+            cur, k = [], 0
+    if cur:
+        windows.append(cur)
+    return windows
+
+
+def run_pipelined(
+    items: list[Any],
+    read: Callable[[Any], Any],
+    compute: Callable[[Any, Any], Any],
+    write: Callable[[Any, Any], None],
+    depth: int = 2,
+) -> None:
+    """``write(item, compute(item, read(item)))`` for every item in order, with reads running
+    ``depth`` items ahead and writes behind, each in its own thread; the first error of any
+    stage is raised here."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="dmicro-read") as rd,
+        ThreadPoolExecutor(1, thread_name_prefix="dmicro-write") as wr,
+    ):
+        reads = deque(rd.submit(read, it) for it in items[:depth])
+        writes: deque = deque()
+        for i, it in enumerate(items):
+            data = reads.popleft().result()
+            if i + depth < len(items):
+                reads.append(rd.submit(read, items[i + depth]))
+            writes.append(wr.submit(write, it, compute(it, data)))
+            while len(writes) > depth:
+                writes.popleft().result()
+        for w in writes:
+            w.result()
+
+
 def reconstruct_store(
     store: Path | str,
     recon: Any = None,
@@ -120,6 +237,7 @@ def reconstruct_store(
     batch: int = 32,
     force: bool = False,
     use_dask: bool = False,
+    scheduler: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     consistency: bool = True,
     refine: Any = None,
@@ -127,32 +245,50 @@ def reconstruct_store(
 ) -> dict[str, Any]:
     """Decode the committed frames of ``store`` that are not yet ``ok`` (all if ``force``).
 
-    With ``consistency`` every decoded frame's χ²/dof is stored; ``refine``
-    (:class:`~dmicro_hw.acquisition.reconstruct.RefineOptions`) refines the phase through the
-    run's measurement model first. Returns counts: frames decoded, already ok, chunks, the
-    decoder info and the consistency summary.
+    Frames are decoded in batches of ``batch`` across Zarr chunks, reads running ahead and
+    writes behind in threads; ``phase_committed`` advances after each group of chunks, so an
+    interrupted run resumes where it stopped. ``scheduler`` (``local[:N]`` or ``tcp://…``)
+    decodes over Dask distributed instead (:mod:`dmicro_hw.acquisition.distributed`).
+    Frames whose raw chunk or records are damaged are never decoded (status ``damaged``; a phase
+    decoded before the damage is kept). With ``consistency`` every decoded frame's χ²/dof is
+    stored; ``refine`` (:class:`~dmicro_hw.acquisition.reconstruct.RefineOptions`) refines the
+    phase through the run's measurement model first. Returns counts (decoded, already ok,
+    errors, damaged, chunks), seconds, fps, the decoder's own fps on the same frames (time
+    inside ``decode``) and their ratio, the decoder info and the consistency summary.
     """
     import time
 
-    from dmicro_hw.acquisition.consistency import consistency_summary
-
     reader = RunReader(store, mode="r+")
+    if scheduler is not None:
+        from dmicro_hw.acquisition.distributed import reconstruct_distributed
+
+        return reconstruct_distributed(
+            reader,
+            scheduler,
+            checkpoint=checkpoint,
+            device=device,
+            batch=batch,
+            force=force,
+            progress=progress,
+            consistency=consistency,
+            refine=refine,
+            consistency_threshold=consistency_threshold,
+        )
     if recon is None:
         recon = reconstructor_for_run(reader, checkpoint, device, batch, consistency, refine)
     else:
         recon.check_frame_shape(reader.frame_shape)
     n = reader.committed
-    trusted = reader.phase_committed
     pw = PhaseWriter(reader, recon.field_size, recon.pixel_size_m, recon.phase_max_rad)
     status_arr = pw.side.arrays["recon_status"]
     phase_arr = pw.side.arrays["phase"]
     chi2_arr = pw.side.arrays["consistency"]
-    chunk = reader.chunk_frames
     t0 = time.perf_counter()
-    decoded = already = errors = kept = 0
-    n_chunks = math.ceil(n / chunk) if n else 0
+    counts = {"decoded": 0, "already": 0, "errors": 0, "kept": 0}
+    decode_s = 0.0
     bad_records = reader.record_damage()
     damaged: dict[int, str] = {}
+    tasks = plan_chunks(reader, n, force, pw)
     if use_dask:
         if not force:
             raise ConfigError("use_dask decodes every frame again: it needs force=True (--force)")
@@ -161,103 +297,143 @@ def reconstruct_store(
             log.warning("%s: damaged frames: decoding chunk by chunk, not with Dask", reader.path)
             use_dask = False
     if use_dask:
-        decoded = _dask_decode(reader, recon, phase_arr, chi2_arr, n)
+        counts["decoded"] = _dask_decode(reader, recon, phase_arr, chi2_arr, n)
         status_arr[:n] = np.full(n, RECON_OK, np.uint8)
         pw.set_committed(n)
+        decode_s = time.perf_counter() - t0
     else:
-        for c in range(n_chunks):
-            s, e = c * chunk, min(n, (c + 1) * chunk)
-            status, phase, chi2 = _stored_chunk(status_arr, phase_arr, chi2_arr, s, e)
-            # past the old phase_committed nothing is trusted (a crash may have left a status
-            # written without its phase, or the reverse)
-            status[max(0, trusted - s) :] = 0
-            raw, why = reader.raw_chunk(c)
-            bad = np.zeros(e - s, dtype=bool)
-            if raw is None:
-                bad[:] = True
-                damaged.update({f: f"raw chunk {c}: {why}" for f in range(s, e)})
-            for f in range(s, e):
-                if f in bad_records:
-                    bad[f - s] = True
-                    damaged.setdefault(f, bad_records[f])
-            todo_mask = ~bad if force else (status != RECON_OK) & ~bad
-            todo = np.nonzero(todo_mask)[0]
-            already += int(((status == RECON_OK) & ~bad).sum()) if not force else 0
-            # a phase decoded while the raw data was still intact stays (nothing lost); the
-            # other damaged frames are never decoded from fill values or altered bytes
-            keep = bad & (status == RECON_OK)
-            mark = bad & ~keep
-            kept += int(keep.sum())
-            changed = len(todo) > 0 or bool((mark & (status != RECON_DAMAGED)).any())
-            if len(todo):
-                out, out_chi2 = recon.decode(raw[todo])
-                st = decode_status(out)  # non-finite output: error, phase NaN
-                phase[todo] = out
-                status[todo] = st
-                ok = st == RECON_OK
-                chi2[todo] = np.nan if out_chi2 is None else np.where(ok, out_chi2, np.nan)
-                decoded += int(ok.sum())
-                errors += int((st == RECON_ERROR).sum())
-            if mark.any():
-                phase[mark] = np.nan
-                status[mark] = RECON_DAMAGED
-                chi2[mark] = np.nan
-            if changed:
-                pw.write(s, phase, status, chi2)
-            pw.set_committed(e)
+
+        def read(window: list[ChunkTask]) -> np.ndarray:
+            frames = []
+            for t in window:
+                s, e = t.start, t.stop
+                raw, why = reader.raw_chunk(t.index)
+                bad = np.zeros(e - s, dtype=bool)
+                if raw is None:
+                    bad[:] = True
+                    t.damaged = {f: f"raw chunk {t.index}: {why}" for f in range(s, e)}
+                for f in range(s, e):
+                    if f in bad_records:
+                        bad[f - s] = True
+                        t.damaged.setdefault(f, bad_records[f])
+                t.bad = bad
+                mask = np.zeros(e - s, dtype=bool)
+                mask[t.todo] = True
+                t.todo = np.nonzero(mask & ~bad)[0]
+                t.already = 0 if force else int(((t.status == RECON_OK) & ~bad).sum())
+                mark = bad & (t.status != RECON_OK)
+                if len(t.todo) < e - s or mark.any() or t.stored_damaged:
+                    t.prior = (
+                        np.full((e - s, *phase_arr.shape[1:]), np.nan, np.float32)
+                        if t.stored_damaged or s >= reader.phase_committed
+                        else _stored_phase(phase_arr, s, e)
+                    )
+                if len(t.todo):
+                    frames.append(raw[t.todo])
+            if not frames:
+                return np.zeros((0, *reader.frame_shape), dtype=reader.raw.dtype)
+            return np.concatenate(frames)
+
+        def compute(window: list[ChunkTask], raw: np.ndarray) -> tuple:
+            nonlocal decode_s
+            if not len(raw):
+                return None, None
+            t = time.perf_counter()
+            out = recon.decode(raw)
+            decode_s += time.perf_counter() - t
+            return out
+
+        def write(window: list[ChunkTask], result: tuple) -> None:
+            phase, chi2 = result
+            k = 0
+            for t in window:
+                m = len(t.todo)
+                keep = t.bad & (t.status == RECON_OK)
+                mark = t.bad & ~keep
+                counts["already"] += t.already
+                counts["kept"] += int(keep.sum())
+                damaged.update(t.damaged)
+                changed = m > 0 or bool((mark & (t.status != RECON_DAMAGED)).any())
+                ph = t.prior
+                if m:
+                    out = phase[k : k + m]
+                    st = decode_status(out)  # non-finite output: error, phase NaN
+                    ok = st == RECON_OK
+                    if ph is None:
+                        ph = out
+                    else:
+                        ph[t.todo] = out
+                    t.status[t.todo] = st
+                    c = chi2[k : k + m] if chi2 is not None else None
+                    t.chi2[t.todo] = np.nan if c is None else np.where(ok, c, np.nan)
+                    counts["decoded"] += int(ok.sum())
+                    counts["errors"] += int((st == RECON_ERROR).sum())
+                    k += m
+                if mark.any():
+                    ph[mark] = np.nan
+                    t.status[mark] = RECON_DAMAGED
+                    t.chi2[mark] = np.nan
+                if changed:
+                    pw.write(t.start, ph, t.status, t.chi2)
+                t.prior = None  # memory stays flat: nothing kept once written
+            pw.set_committed(window[-1].stop)
             if progress is not None:
-                progress(e, n)
+                progress(window[-1].stop, n)
+
+        run_pipelined(group_windows(tasks, max(1, int(batch))), read, compute, write)
     dt = time.perf_counter() - t0
-    if consistency_threshold is None:
-        rig_acq = (reader.attrs.get("rig") or {}).get("acquisition") or {}
-        consistency_threshold = float(rig_acq.get("consistency_threshold", 4.0))
-    chi2 = RunReader(store).consistency()
-    d = dict(reader.group.attrs.get("dmicro", {}))
-    d.setdefault("recon", recon.info())
-    d["recon_offline"] = {
-        **recon.info(),
-        "checkpoint": str(getattr(recon, "checkpoint_path", "")),
-        "decoded": decoded,
-    }
-    reader.group.attrs.update({"dmicro": d})
+    decoded = counts["decoded"]
+    summary = finish_summary(reader, recon.info(), recon, consistency_threshold, decoded)
     return {
         "store": str(reader.path),
         "frames": n,
         "decoded": decoded,
-        "already_ok": already,
-        "decode_errors": errors,
+        "already_ok": counts["already"],
+        "decode_errors": counts["errors"],
         "damaged": len(damaged),
-        "damaged_kept_phase": kept,
+        "damaged_kept_phase": counts["kept"],
         "damaged_frames": frame_ranges(list(damaged)),
         "damage_example": damaged[min(damaged)] if damaged else None,
-        "chunks": n_chunks,
+        "chunks": len(tasks),
         "seconds": round(dt, 3),
         "fps": round(decoded / dt, 1) if dt > 0 and decoded else None,
+        "decoder_fps": round(decoded / decode_s, 1) if decode_s > 0 and decoded else None,
+        "fps_vs_decoder": round(decode_s / dt, 3) if dt > 0 and decoded else None,
+        "batch": int(batch),
         "decoder": recon.info(),
         "dask": bool(use_dask),
-        "consistency": consistency_summary(chi2, consistency_threshold)
-        if getattr(recon, "measurement", None) is not None
-        else None,
+        "scheduler": None,
+        "consistency": summary,
         "ms_per_frame": round(1e3 * dt / decoded, 3) if decoded else None,
     }
 
 
-def _stored_chunk(
-    status_arr: Any, phase_arr: Any, chi2_arr: Any, s: int, e: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stored status, phase and χ²/dof of frames [s, e); a damaged chunk reads as not decoded."""
-    try:
-        status = np.asarray(status_arr[s:e]).copy()
-        phase = np.asarray(phase_arr[s:e]).copy()
-        chi2 = np.asarray(chi2_arr[s:e]).astype(np.float32)
-    except Exception:  # noqa: BLE001 - damaged phase/status chunk: decode these frames again
-        status = phase = chi2 = np.zeros(0)
-    if status.shape != (e - s,) or phase.shape[0] != e - s or chi2.shape != (e - s,):
-        size = phase_arr.shape[1]
-        status = np.zeros(e - s, dtype=np.uint8)
-        phase = np.full((e - s, size, size), np.nan, dtype=np.float32)
-        chi2 = np.full(e - s, np.nan, dtype=np.float32)
-    return status, phase, chi2
+def finish_summary(
+    reader: RunReader,
+    info: dict[str, Any],
+    recon: Any,
+    consistency_threshold: float | None,
+    decoded: int,
+) -> dict[str, Any] | None:
+    """Record the offline decoder in the run's attributes; the consistency summary (None
+    without a measurement model)."""
+    from dmicro_hw.acquisition.consistency import consistency_summary
+
+    if consistency_threshold is None:
+        rig_acq = (reader.attrs.get("rig") or {}).get("acquisition") or {}
+        consistency_threshold = float(rig_acq.get("consistency_threshold", 4.0))
+    chi2 = RunReader(reader.path).consistency()
+    d = dict(reader.group.attrs.get("dmicro", {}))
+    d.setdefault("recon", info)
+    d["recon_offline"] = {
+        **info,
+        "checkpoint": str(getattr(recon, "checkpoint_path", "")),
+        "decoded": decoded,
+    }
+    reader.group.attrs.update({"dmicro": d})
+    if getattr(recon, "measurement", None) is None:
+        return None
+    return consistency_summary(chi2, consistency_threshold)
 
 
 def _dask_decode(reader: RunReader, recon: Any, phase_arr: Any, chi2_arr: Any, n: int) -> int:

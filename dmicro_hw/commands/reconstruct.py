@@ -26,6 +26,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         dask: bool = typer.Option(
             False, "--dask", help="decode Zarr chunks with Dask (needs --force and [dask])"
         ),
+        scheduler: str | None = typer.Option(
+            None,
+            "--scheduler",
+            help="decode over Dask distributed: local[:N] (N worker processes, 1 thread each) "
+            "or tcp://host:port (workers see the run at the same path); resumable",
+        ),
         score: bool = typer.Option(
             True, "--score/--no-score", help="score against the simulated bench's true phase"
         ),
@@ -68,6 +74,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
         if dask:
             require("dask.array", "--dask")
+        if scheduler is not None:
+            from dmicro_hw.acquisition.distributed import parse_scheduler
+
+            if dask:
+                raise ConfigError("--scheduler and --dask exclude each other (pick one)")
+            parse_scheduler(scheduler)
+            require("distributed", "--scheduler")
         if threads:
             import torch
 
@@ -93,6 +106,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 batch=batch,
                 force=force,
                 use_dask=dask,
+                scheduler=scheduler,
                 progress=tick,
                 consistency=consistency,
                 refine=RefineOptions(refine, refine_prior),
@@ -109,11 +123,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "decode_errors",
             "damaged",
             "chunks",
+            "batch",
             "seconds",
             "fps",
-            "dask",
         ):
             t.add_row(k, str(res[k]))
+        t.add_row("decoder's own fps (time inside decode)", str(res["decoder_fps"]))
+        t.add_row("fps / decoder's own fps", str(res["fps_vs_decoder"]))
+        t.add_row("dask", str(res["dask"]))
+        if res.get("scheduler"):
+            t.add_row("scheduler (workers)", f"{res['scheduler']} ({res['workers']})")
         t.add_row("ms per frame", str(res["ms_per_frame"]))
         t.add_row("refine iterations", str(refine))
         con = res.get("consistency") or {}
