@@ -94,3 +94,18 @@ def test_losses_are_differentiable_and_consistent() -> None:
         M.make_loss("l3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="11"):
         M.ssim(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8))
+
+
+def test_float32_metrics_match_float64_to_scoring_precision() -> None:
+    """Scoring whole runs computes in float32 (the cost there); values stay within 1e-4."""
+    for a, b in _pairs()[:-1]:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        s32 = M.ssim(tb, ta, dtype=torch.float32)
+        assert s32.dtype == torch.float32
+        assert float(s32) == pytest.approx(_sk_ssim(a, b), abs=1e-4)
+        assert float(M.psnr(tb, ta, dtype=torch.float32)) == pytest.approx(
+            peak_signal_noise_ratio(a, np.clip(b, 0, 1), data_range=1.0), abs=1e-3
+        )
+        assert float(M.rmse_rad(tb, ta, 2.0, dtype=torch.float32)) == pytest.approx(
+            float(M.rmse_rad(tb, ta, 2.0)), rel=1e-5
+        )

@@ -170,9 +170,10 @@ def reconstruct_distributed(
     ck = str(Path(getattr(recon, "checkpoint_path", checkpoint)).resolve())
     key = (str(Path(reader.path).resolve()), ck, device, int(batch), bool(consistency), ref)
     sizes = tuple(w[-1].stop - w[0].start for w in windows)
-    t0 = time.perf_counter()
+    t_start = time.perf_counter()
     decoded, decode_s, pids = 0, 0.0, set()
     client, cluster = _client(scheduler)
+    t0 = time.perf_counter()  # fps counts from a running cluster; its start-up is reported apart
     try:
         workers = len(client.scheduler_info().get("workers", {}))
         raw = da.from_zarr(reader.raw, chunks=(sizes, *reader.frame_shape))[:n] if n else None
@@ -232,6 +233,7 @@ def reconstruct_distributed(
         "already_ok": already,
         "chunks": len(tasks),
         "seconds": round(dt, 3),
+        "cluster_start_s": round(t0 - t_start, 3),
         "fps": round(decoded / dt, 1) if dt > 0 and decoded else None,
         "decoder_fps": round(decoded / decode_s, 1) if decode_s > 0 and decoded else None,
         "fps_vs_decoder": round(decode_s / dt, 3) if dt > 0 and decoded else None,

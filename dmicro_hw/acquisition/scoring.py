@@ -26,18 +26,20 @@ SCORE_ARRAYS = ("psnr_db", "ssim", "rmse_rad")
 def score_frames(
     pred_rad: np.ndarray, true_rad: np.ndarray, phase_max_rad: float
 ) -> dict[str, np.ndarray]:
-    """Per-frame PSNR (dB), SSIM (normalised phase) and RMSE (rad) of (B, N, N) phases."""
+    """Per-frame PSNR (dB), SSIM (normalised phase) and RMSE (rad) of (B, N, N) phases, in
+    float32."""
     import torch
 
     from dmicro_hw.training import metrics as M
 
     pred = torch.from_numpy(np.asarray(pred_rad, np.float32) / phase_max_rad).clamp(0.0, 1.0)
     true = torch.from_numpy(np.asarray(true_rad, np.float32) / phase_max_rad).clamp(0.0, 1.0)
+    f4 = torch.float32  # scoring whole runs: float32 is ≈2× faster, values within ~1e-5
     with torch.no_grad():
         return {
-            "psnr_db": M.psnr(pred, true).numpy().astype(np.float32),
-            "ssim": M.ssim(pred, true).numpy().astype(np.float32),
-            "rmse_rad": M.rmse_rad(pred, true, phase_max_rad).numpy().astype(np.float32),
+            "psnr_db": M.psnr(pred, true, dtype=f4).numpy().astype(np.float32),
+            "ssim": M.ssim(pred, true, dtype=f4).numpy().astype(np.float32),
+            "rmse_rad": M.rmse_rad(pred, true, phase_max_rad, dtype=f4).numpy().astype(np.float32),
         }
 
 
