@@ -1,9 +1,11 @@
 """Offline reconstruction over Dask distributed (``dmicro reconstruct RUN --scheduler …``).
 
-The raw frames are a ``dask.array`` over the run's Zarr store, chunked into groups of whole Zarr
-chunks that each hold ≥ ``batch`` frames still to decode (the same plan as the threaded path,
+The run's Zarr chunks are planned into groups of whole chunks that each hold ≥ ``batch`` frames
+still to decode (the same plan as the threaded path,
 :func:`~dmicro_hw.acquisition.offline.plan_chunks`). One task per group: the worker loads the
-checkpoint once (cached per worker process), decodes the group in batches, writes its phase
+checkpoint once (cached per worker process), reads the group's raw chunks through
+:meth:`RunReader.raw_chunk` (checksums verified; a damaged chunk is left to the in-process path,
+which marks it), decodes the group in batches, writes its phase
 chunks straight into the store (phase is chunked along t like the raw frames, so workers never
 touch the same Zarr chunk) and returns the χ²/dof and status of its frames. The client writes
 those (their arrays have coarser chunks) and advances ``phase_committed`` over the leading groups
@@ -82,12 +84,15 @@ def _worker_reconstructor(key: tuple) -> Any:
         return rec
 
 
-def decode_group(raw: np.ndarray, key: tuple, chunks: list[tuple[int, int, list[int]]]) -> dict:
-    """Worker task: decode the frames ``todo`` of each chunk ``(start, stop, todo)`` of a group
-    whose raw frames are ``raw`` (first chunk's start … last chunk's stop), write their phase
-    chunks into the store; return per chunk its todo indices and χ²/dof (None without a
-    measurement model), and the seconds spent decoding."""
+def decode_group(key: tuple, chunks: list[tuple[int, int, int, list[int]]]) -> dict:
+    """Worker task: for each chunk ``(index, start, stop, todo)`` of a group, read its raw frames
+    (checksums verified), decode the frames ``todo`` in batches, write the chunk's phase into
+    the store. Returns per decoded chunk its todo indices, recon_status (error where the output
+    is not finite) and χ²/dof (None without a measurement model); the damaged chunks (left
+    untouched, with the reason); the seconds spent decoding."""
     import torch
+
+    from dmicro_hw.acquisition.reconstruct import decode_status
 
     try:
         from distributed import get_worker
@@ -96,25 +101,42 @@ def decode_group(raw: np.ndarray, key: tuple, chunks: list[tuple[int, int, list[
     except (ImportError, ValueError, AttributeError):
         pass
     rec = _worker_reconstructor(key)
-    s0 = chunks[0][0]
-    idx = np.concatenate([np.asarray(todo, np.int64) + (s - s0) for s, _, todo in chunks])
-    t = time.perf_counter()
-    phase, chi2 = rec.decode(np.asarray(raw)[idx])
-    decode_s = time.perf_counter() - t
     reader = RunReader(key[0], mode="r+")
-    arr = reader.phase_array
-    out, k = [], 0
-    for s, e, todo in chunks:
-        m = len(todo)
-        if m < e - s:  # partial chunk: keep the frames already decoded
-            ph = np.asarray(arr[s:e])
-            ph[np.asarray(todo, np.int64)] = phase[k : k + m]
-        else:
-            ph = phase[k : k + m]
-        arr[s:e] = ph.astype(np.float32, copy=False)
-        out.append((s, e, todo, None if chi2 is None else chi2[k : k + m]))
-        k += m
-    return {"chunks": out, "decode_s": decode_s, "frames": int(len(idx)), "pid": os.getpid()}
+    frames, good, damaged = [], [], []
+    for c, s, e, todo in chunks:
+        raw, why = reader.raw_chunk(c)
+        if raw is None:
+            damaged.append((c, s, e, str(why)))
+            continue
+        frames.append(raw[np.asarray(todo, np.int64)])
+        good.append((s, e, todo))
+    out: list[tuple] = []
+    decode_s = 0.0
+    if frames:
+        t = time.perf_counter()
+        phase, chi2 = rec.decode(np.concatenate(frames))
+        decode_s = time.perf_counter() - t
+        arr = reader.phase_array
+        k = 0
+        for s, e, todo in good:
+            m = len(todo)
+            ph_new = phase[k : k + m]
+            st = decode_status(ph_new)  # NaN phase where the output is not finite
+            if m < e - s:  # partial chunk: keep the frames already decoded
+                ph = np.asarray(arr[s:e]).astype(np.float32, copy=True)
+                ph[np.asarray(todo, np.int64)] = ph_new
+            else:
+                ph = ph_new
+            arr[s:e] = ph.astype(np.float32, copy=False)
+            out.append((s, e, todo, st, None if chi2 is None else chi2[k : k + m]))
+            k += m
+    return {
+        "chunks": out,
+        "damaged": damaged,
+        "decode_s": decode_s,
+        "frames": int(sum(len(t) for _, _, t in good)),
+        "pid": os.getpid(),
+    }
 
 
 def _client(scheduler: str) -> tuple[Any, Any]:
@@ -151,11 +173,25 @@ def reconstruct_distributed(
     """Decode the run of ``reader`` (opened r+) over Dask distributed; same result dict as
     :func:`~dmicro_hw.acquisition.offline.reconstruct_store` plus the worker count."""
     import dask
-    import dask.array as da
     from distributed import as_completed
 
     kind, _ = parse_scheduler(scheduler)
     device = "cpu" if device == "auto" else device
+    if reader.record_damage():
+        from dmicro_hw.acquisition.offline import reconstruct_store
+
+        log.warning("%s: damaged frame records: decoding in this process", reader.path)
+        return reconstruct_store(
+            reader.path,
+            checkpoint=checkpoint,
+            device=device,
+            batch=batch,
+            force=force,
+            progress=progress,
+            consistency=consistency,
+            refine=refine,
+            consistency_threshold=consistency_threshold,
+        )
     # the client builds the decoder once too: it checks checkpoint, frame shape and
     # measurement model before any worker starts, and sizes the phase arrays
     recon = reconstructor_for_run(reader, checkpoint, device, batch, consistency, refine)
@@ -163,27 +199,25 @@ def reconstruct_distributed(
     pw = PhaseWriter(reader, recon.field_size, recon.pixel_size_m, recon.phase_max_rad)
     status_arr = pw.side.arrays["recon_status"]
     chi2_arr = pw.side.arrays["consistency"]
-    tasks = plan_chunks(reader, n, force)
+    tasks = plan_chunks(reader, n, force, pw)
     windows = group_windows(tasks, max(1, int(batch)))
     already = sum((t.stop - t.start) - len(t.todo) for t in tasks)
     ref = None if refine is None else (int(refine.iterations), float(refine.prior_weight))
     ck = str(Path(getattr(recon, "checkpoint_path", checkpoint)).resolve())
     key = (str(Path(reader.path).resolve()), ck, device, int(batch), bool(consistency), ref)
-    sizes = tuple(w[-1].stop - w[0].start for w in windows)
     t_start = time.perf_counter()
     decoded, decode_s, pids = 0, 0.0, set()
     client, cluster = _client(scheduler)
     t0 = time.perf_counter()  # fps counts from a running cluster; its start-up is reported apart
+    damaged: list[tuple] = []
+    errors = 0
     try:
         workers = len(client.scheduler_info().get("workers", {}))
-        raw = da.from_zarr(reader.raw, chunks=(sizes, *reader.frame_shape))[:n] if n else None
-        blocks = raw.to_delayed().ravel() if raw is not None else []
         todo = [i for i, w in enumerate(windows) if any(len(t.todo) for t in w)]
         jobs = [
             dask.delayed(decode_group)(
-                blocks[i],
                 key,
-                [(t.start, t.stop, t.todo.tolist()) for t in windows[i] if len(t.todo)],
+                [(t.index, t.start, t.stop, t.todo.tolist()) for t in windows[i] if len(t.todo)],
             )
             for i in todo
         ]
@@ -201,17 +235,20 @@ def reconstruct_distributed(
                     f"{reader.path}: a Dask worker failed on frames {w[0].start}–"
                     f"{w[-1].stop - 1}: {type(exc).__name__}: {exc}"
                 ) from None
-            for s, e, td, chi2 in res["chunks"]:
+            for s, e, td, st, chi2 in res["chunks"]:
                 t = by_start[s]
-                t.status[td] = RECON_OK
-                if chi2 is not None:
-                    t.chi2[td] = chi2
+                t.status[td] = st
+                ok = st == RECON_OK
+                t.chi2[td] = np.nan if chi2 is None else np.where(ok, chi2, np.nan)
                 chi2_arr[s:e] = t.chi2
                 status_arr[s:e] = t.status
-            decoded += res["frames"]
+                decoded += int(ok.sum())
+                errors += int((~ok).sum())
             decode_s += res["decode_s"]
             pids.add(res["pid"])
-            done[index[fut.key]] = True
+            damaged += res["damaged"]
+            # a group with a damaged chunk stays unfinished: phase_committed stops before it
+            done[index[fut.key]] = not res["damaged"]
             while head < len(windows) and done[head]:
                 head += 1
             if head:
@@ -225,12 +262,38 @@ def reconstruct_distributed(
         if cluster is not None:
             cluster.close()
     dt = time.perf_counter() - t0
+    rest = None
+    if damaged:
+        # damaged raw chunks are marked (never decoded) by the in-process path, which also
+        # finishes the frames after them that phase_committed does not cover yet
+        from dmicro_hw.acquisition.offline import reconstruct_store
+
+        log.warning(
+            "%s: %d damaged raw chunk(s) (first: %s); marking them in this process",
+            reader.path,
+            len(damaged),
+            damaged[0][3],
+        )
+        rest = reconstruct_store(
+            reader.path,
+            recon,
+            batch=batch,
+            progress=progress,
+            consistency_threshold=consistency_threshold,
+        )
+        decoded += rest["decoded"]
+        errors += rest["decode_errors"]
     summary = finish_summary(reader, recon.info(), recon, consistency_threshold, decoded)
     return {
         "store": str(reader.path),
         "frames": n,
         "decoded": decoded,
         "already_ok": already,
+        "decode_errors": errors,
+        "damaged": rest["damaged"] if rest else 0,
+        "damaged_kept_phase": rest["damaged_kept_phase"] if rest else 0,
+        "damaged_frames": rest["damaged_frames"] if rest else "",
+        "damage_example": rest["damage_example"] if rest else None,
         "chunks": len(tasks),
         "seconds": round(dt, 3),
         "cluster_start_s": round(t0 - t_start, 3),
