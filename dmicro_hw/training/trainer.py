@@ -293,6 +293,7 @@ class Trainer:
         self.device = resolve_device(device or cfg.device)
         self.out_dir = Path(out_dir) if out_dir is not None else Path(cfg.out_dir)
         self.save = save
+        self.rank, self.world = 0, 1  # data-parallel rank / size (enable_distributed)
         self.progress = progress or ProgressHook()
         if datasets is None:
             from dmicro_hw.data import build_datasets
@@ -378,6 +379,34 @@ class Trainer:
         if self.save:
             _write_jsonl(self.metrics_path, self.history)
         log.info("resumed %s at stage %d epoch %d", p, self._stage_pos, self._epoch)
+
+    def enable_distributed(self, rank: int, world: int) -> None:
+        """Data-parallel training over an initialised ``torch.distributed`` process group:
+        every rank draws the same global batches, trains on its slice ``batch[rank::world]``
+        with its loss weighted by its share of the batch, and the gradients are summed over
+        the ranks before each step — the mean-loss gradient of the whole batch, as one process
+        computes it (exactly so for losses that are means over images; the optics stage's
+        per-batch linear read-out is fitted on each rank's slice). Only rank 0 writes files."""
+        self.rank, self.world = int(rank), int(world)
+        if self.rank != 0:
+            self.save = False
+
+    def _sum_gradients(self, opt: torch.optim.Optimizer) -> None:
+        """All-reduce (sum) the gradients of ``opt``'s parameters over the ranks, in one
+        flat buffer; a rank without samples contributes zeros."""
+        import torch.distributed as dist
+
+        params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        k = 0
+        for p in params:
+            m = p.numel()
+            p.grad.copy_(flat[k : k + m].view_as(p))
+            k += m
 
     def stage_speed(self) -> dict[str, dict]:
         """Training speed per stage from the history: optimiser steps, seconds spent in them
@@ -512,6 +541,18 @@ class Trainer:
         total, n, taken = 0.0, 0, 0
         for batch in loader:
             phase = phase_batch(batch).to(self.device)
+            weight = 1.0
+            if self.world > 1:
+                full = len(phase)
+                phase = phase[self.rank :: self.world]
+                weight = len(phase) / full  # Σ_ranks weight·mean_rank = mean over the batch
+                if not len(phase):
+                    opt.zero_grad(set_to_none=True)
+                    self._sum_gradients(opt)
+                    opt.step()
+                    sched.step()
+                    taken += 1
+                    continue
             target = self.model.normalised_target(phase)
             if stage.name == "optics":
                 frame = self.model.encode(phase, gen_noise)
@@ -524,7 +565,9 @@ class Trainer:
                 _, pred = self.model(phase, gen_noise)
                 loss = reconstruction_loss(st.loss, pred, target)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight if self.world > 1 else loss).backward()
+            if self.world > 1:
+                self._sum_gradients(opt)
             opt.step()
             sched.step()
             taken += 1
