@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -96,26 +93,13 @@ def test_polar_and_intensity_helpers_match_torch():
     torch.testing.assert_close(intensity(f), f.abs().square(), rtol=1e-5, atol=1e-6)
 
 
-def test_bench_optics_cli_writes_table_and_json(tmp_path):
+def test_bench_optics_cli_writes_table_and_json(tmp_path, capsys):
+    from dmicro_hw.cli import _run, app
+
     out = tmp_path / "o.json"
-    r = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("dmicro")),
-            "bench",
-            "optics",
-            "--sizes",
-            "32",
-            "--rounds",
-            "1",
-            "-o",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "× floor" in r.stdout
+    args = ["bench", "optics", "--sizes", "32", "--rounds", "1", "-o", str(out)]
+    assert _run(app, args) == 0
+    assert "× floor" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     cases = {row["case"]: row for row in rows}
     assert {"ASM padded", "ASM unpadded", "LFF encoder", "floor: 2 FFTs N²"} <= set(cases)
