@@ -432,7 +432,11 @@ class AcquisitionConfig(StrictModel):
         True, description="re-simulate every decoded frame and store its χ²/dof (consistency)"
     )
     consistency_threshold: float = Field(
-        4.0, gt=0, le=1e6, description="χ²/dof above which a decoded frame is flagged unreliable"
+        100.0,
+        gt=0,
+        le=1e6,
+        description="χ²/dof above which a decoded frame is flagged unreliable (scales with the "
+        "photon budget; set it from a run of known samples, see run.json's consistency block)",
     )
     refine: int = Field(
         0, ge=0, le=1000, description="refinement iterations per decoded batch (0: off)"

@@ -120,7 +120,7 @@ def test_shipped_sim_rig_assets_belong_together():
     a = load_assets(rig)
     assert a.pattern is not None and a.pattern.grey.shape == tuple(rig.slm.pixels)
     assert a.pattern.sidecar["sha256"]["checkpoint"] == a.checkpoint_sha256
-    assert Path(rig.checkpoint).stat().st_size < 8 * 1024**2  # "a few MB at most"
+    assert Path(rig.checkpoint).stat().st_size < 16 * 1024**2  # well under the 20 MB budget
     t = checkpoint_config(rig.checkpoint)
     assert t.optics == rig.optics and t.sensor == rig.sensor
     # the weights still fit the decoder architecture (re-make with scripts/make-sim-assets.sh)

@@ -30,6 +30,7 @@ from dmicro_hw.acquisition.writer import (
     PhaseWriter,
     RunReader,
 )
+from dmicro_hw.config import AcquisitionConfig
 from dmicro_hw.errors import CheckpointError, ConfigError, DataError
 from dmicro_hw.extras import require
 
@@ -421,7 +422,8 @@ def finish_summary(
 
     if consistency_threshold is None:
         rig_acq = (reader.attrs.get("rig") or {}).get("acquisition") or {}
-        consistency_threshold = float(rig_acq.get("consistency_threshold", 4.0))
+        default = AcquisitionConfig.model_fields["consistency_threshold"].default
+        consistency_threshold = float(rig_acq.get("consistency_threshold", default))
     chi2 = RunReader(reader.path).consistency()
     d = dict(reader.group.attrs.get("dmicro", {}))
     d.setdefault("recon", info)
