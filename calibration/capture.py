@@ -121,7 +121,7 @@ class Capturer:
         self.adc_bits = int(adc_bits)
         self.adc_max = float(2**self.adc_bits - 1)
         self.n = int(frames_per_pattern)
-        base = float(getattr(slm, "settle_time_s", 0.0) or 0.0)
+        base = float(slm.settle_time_s)
         self.settle_s = base * 1.5 + 0.005 if settle_s is None else float(settle_s)
         self.on_capture = on_capture
         self.log = CaptureLog()

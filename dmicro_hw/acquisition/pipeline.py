@@ -187,7 +187,7 @@ class Acquisition:
         self._state = "pattern"
         if self.slm is not None and self.pattern is not None:
             self.slm.show(self.pattern, pattern_id=self.pattern_id)
-            settle = float(getattr(self.slm, "settle_time_s", 0.0)) if opt.settle else 0.0
+            settle = float(self.slm.settle_time_s) if opt.settle else 0.0
             if settle > 0:
                 self._state = "settling"
                 self._stop.wait(settle)

@@ -320,9 +320,8 @@ class Session:
             self.trigger = self._stack.enter_context(open_device("trigger", rig.trigger, rig))
         camera = open_device("camera", rig.camera, rig)
         self.camera = self._stack.enter_context(camera)
-        if hasattr(self.camera, "set_trigger_mode"):
-            self.camera.set_trigger_mode(self.mode)
-        if self.mode == "triggered" and hasattr(self.camera, "attach_trigger"):
+        self.camera.set_trigger_mode(self.mode)
+        if self.mode == "triggered":
             self.camera.attach_trigger(self.trigger)
 
     def start(self) -> Acquisition:
