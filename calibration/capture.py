@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.calibration.model_fit import Observation
+from dmicro_hw.drivers.pixel_formats import format_bits
 from dmicro_hw.errors import DeviceError
 
 log = logging.getLogger(__name__)
-
-PIXEL_FORMAT_BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono14": 14, "Mono16": 16}
 
 
 def _bench_of(device: Any):
@@ -128,7 +127,7 @@ class Capturer:
         self.shape = tuple(int(x) for x in slm.shape)
 
     def _to_adu(self, data: np.ndarray, pixel_format: str) -> np.ndarray:
-        bits = PIXEL_FORMAT_BITS.get(pixel_format, self.adc_bits)
+        bits = format_bits(pixel_format, self.adc_bits)
         return data.astype(np.float64) / 2.0 ** (bits - self.adc_bits)
 
     def grab(self, pattern_id: str, n: int) -> np.ndarray:

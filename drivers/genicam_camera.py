@@ -63,22 +63,12 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.drivers.base import Frame
+from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, format_bits
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)
 _hv_log = logging.getLogger(__name__ + ".harvesters")
 
-MONO_BITS = {
-    "Mono8": 8,
-    "Mono10": 10,
-    "Mono12": 12,
-    "Mono14": 14,
-    "Mono16": 16,
-    "Mono10p": 10,
-    "Mono12p": 12,
-    "Mono10Packed": 10,
-    "Mono12Packed": 12,
-}
 _OPTIONS = {"justify", "gain", "trigger_source", "nodes", "num_buffers", "auto_recover"}
 
 
@@ -364,10 +354,10 @@ class GenICamCamera:
         c = self.cfg
         self.set_nodes.clear()
         self.missing_nodes.clear()
-        if c.pixel_format not in MONO_BITS:
+        if c.pixel_format not in PIXEL_FORMATS:
             raise ConfigError(
                 f"camera.pixel_format: {c.pixel_format!r} is not supported; use one of "
-                f"{', '.join(MONO_BITS)}"
+                f"{', '.join(PIXEL_FORMATS)}"
             )
         if "PixelFormat" in self._node_names:
             node = self._node("PixelFormat")
@@ -465,7 +455,7 @@ class GenICamCamera:
                 return default
 
         self.pixel_format = str(val("PixelFormat", self.cfg.pixel_format))
-        self.bits_per_pixel = MONO_BITS.get(self.pixel_format, 0)
+        self.bits_per_pixel = format_bits(self.pixel_format, 0)
         self.width = int(val("Width", 0))
         self.height = int(val("Height", 0))
         self.frame_rate_hz = val("AcquisitionFrameRate", None)
@@ -547,11 +537,11 @@ class GenICamCamera:
                 raise DeviceError(f"camera {self.device.get('id')}: buffer without image data")
             comp = comps[0]
             fmt = str(comp.data_format)
-            bits = MONO_BITS.get(fmt)
+            bits = format_bits(fmt)
             if bits is None:
                 raise DeviceError(
                     f"camera {self.device.get('id')}: delivered pixel format {fmt}; "
-                    f"set camera.pixel_format to one of {', '.join(MONO_BITS)}"
+                    f"set camera.pixel_format to one of {', '.join(PIXEL_FORMATS)}"
                 )
             image = _as_image(comp.data, int(comp.height), int(comp.width))
             data, used = to_right_justified(image, bits, self.justify)
