@@ -48,8 +48,8 @@ def assets(tmp_path_factory):
     """An (untrained, tiny) checkpoint for the test rig and its exported pattern."""
     import torch
 
+    from dmicro_hw.commands._export_pattern import export_checkpoint
     from dmicro_hw.config import DecoderConfig, TrainConfig, load_rig_config
-    from dmicro_hw.export import export_checkpoint
     from dmicro_hw.training.checkpoint import save_checkpoint
     from dmicro_hw.training.model import DMicroModel
 

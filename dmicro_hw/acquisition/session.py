@@ -20,7 +20,6 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,42 +71,21 @@ class Assets:
         }
 
 
-def _camera_response(cal_path: Path) -> tuple[float, float]:
-    """Camera gain/offset of a calibration bundle (1, 0 when it has none)."""
-    from dmicro_hw.export import read_calibration_json
-
-    f, _, data = read_calibration_json(cal_path)
-    for section, gk, ok in (
-        ("camera", "gain", "offset_adu"),
-        ("mismatch", "camera_gain", "camera_offset_adu"),
-    ):
-        s = data.get(section)
-        if isinstance(s, dict) and (gk in s or ok in s):
-            g, o = s.get(gk, 1.0), s.get(ok, 0.0)
-            for key, v, positive in ((gk, g, True), (ok, o, False)):
-                good = isinstance(v, (int, float)) and not isinstance(v, bool)
-                if not good or not math.isfinite(v) or (positive and v <= 0):
-                    want = "a finite number > 0" if positive else "a finite number"
-                    raise CheckpointError(f"{f}: {section}.{key} must be {want}, got {v!r}")
-            return float(g), float(o)
-    return 1.0, 0.0
-
-
 def load_assets(rig: RigConfig, need_checkpoint: bool = True) -> Assets:
     """Load pattern, calibration and checkpoint named by ``rig`` and check they belong together."""
     from dmicro_hw.calibration.adapt import is_adapted
-    from dmicro_hw.export import (
+    from dmicro_hw.calibration.bundle import (
+        camera_response,
         check_calibration_for_rig,
-        load_pattern,
         load_slm_calibration,
-        sha256_file,
     )
+    from dmicro_hw.export import load_pattern, sha256_file
 
     a = Assets()
     if rig.calibration is not None:
         a.calibration = load_slm_calibration(rig.calibration)
         check_calibration_for_rig(a.calibration, rig)
-        a.camera_gain, a.camera_offset_adu = _camera_response(Path(rig.calibration))
+        a.camera_gain, a.camera_offset_adu = camera_response(rig.calibration)
     if rig.checkpoint is not None:
         ck = Path(rig.checkpoint)
         if not ck.is_file():
