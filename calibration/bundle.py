@@ -13,7 +13,11 @@
       lut.png, registration.png, residuals.png     plots (matplotlib, Agg)
       checkpoint_adapted.pt                        (optional) decoder adapted to this rig
 
-JSON keys the export reads (:func:`dmicro_hw.export.load_slm_calibration`): ``rig_id``,
+This module owns the file format and its one reader, :func:`read_calibration_json`: the
+export's view (:func:`load_slm_calibration`), the full bundle (:func:`load_bundle`) and the
+camera response a session undoes (:func:`camera_response`) all go through it.
+
+JSON keys the export reads (:func:`load_slm_calibration`): ``rig_id``,
 ``wavelength_m``, ``slm.offset_px`` / ``slm.rotation_rad`` / ``slm.scale`` / ``slm.lut``.
 ``slm.offset_px`` is where the *optical axis of the illumination* (the DC of the sample spectrum)
 lands on the SLM relative to its centre pixel — the physical SLM offset plus the effect of the
@@ -27,6 +31,7 @@ clear line (:class:`~dmicro_hw.errors.CheckpointError`).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -39,14 +44,267 @@ import numpy as np
 from dmicro_hw import __version__
 from dmicro_hw.config import RigConfig
 from dmicro_hw.errors import CheckpointError
-from dmicro_hw.export import (
-    CALIBRATION_FILE,
-    check_calibration_identity,
-    read_calibration_json,
-)
 from dmicro_hw.optics.system import Mismatch
 
 log = logging.getLogger(__name__)
+
+CALIBRATION_FILE = "calibration.json"
+LUT_FILE = "lut.npy"
+WAVELENGTH_RTOL = 1e-3
+MAX_CALIBRATION_JSON_BYTES = 32 * 1024**2
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration: what the export needs from a calibration bundle
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SLMCalibration:
+    """SLM part of a calibration bundle, as the export uses it.
+
+    Attributes:
+        offset_px: (dy, dx) of the optical axis from the SLM centre pixel, SLM pixels.
+        rotation_rad: rotation of the filter grid on the SLM (counter-clockwise, row/col axes).
+        scale: measured / nominal Fourier-plane magnification.
+        lut_table: measured phase (radians) of every grey level, shape (2**bit_depth,),
+            non-decreasing; None keeps the rig's LUT.
+        rig_id: rig the bundle was measured on ("" = not recorded).
+        wavelength_m: wavelength it was measured at (None = not recorded).
+        sha256: hash identifying the bundle (see :func:`load_slm_calibration`).
+        path: the bundle folder, when loaded from disk.
+    """
+
+    offset_px: tuple[float, float] = (0.0, 0.0)
+    rotation_rad: float = 0.0
+    scale: float = 1.0
+    lut_table: np.ndarray | None = field(default=None, compare=False, repr=False)
+    rig_id: str = ""
+    wavelength_m: float | None = None
+    sha256: str | None = None
+    path: Path | None = None
+
+    def placement(self) -> dict[str, Any]:
+        return {
+            "offset_px": [float(self.offset_px[0]), float(self.offset_px[1])],
+            "rotation_rad": float(self.rotation_rad),
+            "scale": float(self.scale),
+        }
+
+
+def _num(value: Any, where: str, n: int | None = None) -> Any:
+    try:
+        if n is None:
+            out = float(value)
+            ok = math.isfinite(out)
+        else:
+            out = tuple(float(v) for v in value)
+            ok = len(out) == n and all(math.isfinite(v) for v in out)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        want = "a finite number" if n is None else f"a list of {n} finite numbers"
+        raise CheckpointError(f"{where}: must be {want}, got {value!r}")
+    return out
+
+
+def read_calibration_json(path: Path | str) -> tuple[Path, bytes, dict[str, Any]]:
+    """Read a bundle's ``calibration.json`` safely: (file, its bytes, the parsed object).
+
+    ``path`` is the bundle folder or its ``calibration.json``. Raises CheckpointError naming the
+    file when it is missing, too large, not JSON or not a JSON object.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: calibration bundle not found (run `dmicro calibrate`)")
+    cal_file = p / CALIBRATION_FILE if p.is_dir() else p
+    if p.is_file() and p.name != CALIBRATION_FILE:
+        raise CheckpointError(f"{p}: a calibration is a bundle folder holding {CALIBRATION_FILE}")
+    if not cal_file.is_file():
+        folder = cal_file.parent
+        raise CheckpointError(f"{folder}: not a calibration bundle (no {CALIBRATION_FILE})")
+    raw = cal_file.read_bytes()
+    if len(raw) > MAX_CALIBRATION_JSON_BYTES:
+        raise CheckpointError(f"{cal_file}: too large for a calibration file")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except _NonFinite as e:
+        raise CheckpointError(
+            f"{cal_file}: holds a non-finite number ({e}); the bundle is damaged — recalibrate "
+            "(`dmicro calibrate`)"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{cal_file}: not valid JSON ({str(e)[:160]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cal_file}: top level must be a JSON object")
+    return cal_file, raw, data
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    """json.loads hook for NaN / Infinity / -Infinity: calibration numbers must be finite."""
+    raise _NonFinite(name)
+
+
+def load_slm_calibration(path: Path | str) -> SLMCalibration:
+    """Read the SLM part of a calibration bundle folder.
+
+    The folder holds ``calibration.json`` and optionally ``lut.npy``. Keys read (all others are
+    ignored, so the bundle may hold much more)::
+
+        {
+          "rig_id": "sim-rig",                 # optional, checked against rig.rig_id
+          "wavelength_m": 6.328e-07,           # optional, checked against rig.optics.wavelength_m
+          "slm": {                             # SLM placement in the Fourier plane (all optional)
+            "offset_px": [dy, dx],             #   SLM pixels, optical axis − SLM centre pixel
+            "rotation_rad": 0.0,               #   counter-clockwise
+            "scale": 1.0,                      #   measured / nominal Fourier magnification
+            "lut": "lut.npy"                   #   optional: file in the bundle, float (2**bits,)
+          }                                    #   radians per grey level, non-decreasing
+        }
+
+    If there is no ``slm`` section, the fitted bench mismatch is read instead from
+    ``"mismatch": {"slm_offset_px", "slm_rotation_rad", "slm_scale", "lut_gamma", "lut_scale"}``
+    (:meth:`dmicro_hw.optics.system.Mismatch.to_dict`); ``lut_gamma``/``lut_scale`` then give a
+    parametric LUT that the export tabulates with the rig's bit depth. A ``lut.npy`` file in the
+    folder is used when ``slm.lut`` is not given. ``sha256`` of the result is the SHA-256 of
+    ``calibration.json``'s bytes followed by those of the LUT file (when there is one).
+
+    Raises:
+        CheckpointError: missing folder/file, invalid JSON, wrong types, unreadable LUT.
+    """
+    cal_file, raw, data = read_calibration_json(path)
+    folder = cal_file.parent
+
+    slm = data.get("slm")
+    mm = data.get("mismatch") if slm is None else None
+    lut_table: np.ndarray | None = None
+    lut_name: str | None = None
+    offset, rotation, scale = (0.0, 0.0), 0.0, 1.0
+    gamma_scale: tuple[float, float] | None = None
+    if isinstance(slm, dict):
+        if "offset_px" in slm:
+            offset = _num(slm["offset_px"], f"{cal_file}: slm.offset_px", 2)
+        if "rotation_rad" in slm:
+            rotation = _num(slm["rotation_rad"], f"{cal_file}: slm.rotation_rad")
+        if "scale" in slm:
+            scale = _num(slm["scale"], f"{cal_file}: slm.scale")
+        if slm.get("lut") is not None:
+            lut_name = str(slm["lut"])
+    elif slm is not None:
+        raise CheckpointError(f"{cal_file}: 'slm' must be a JSON object")
+    elif isinstance(mm, dict):
+        if "slm_offset_px" in mm:
+            offset = _num(mm["slm_offset_px"], f"{cal_file}: mismatch.slm_offset_px", 2)
+        if "slm_rotation_rad" in mm:
+            rotation = _num(mm["slm_rotation_rad"], f"{cal_file}: mismatch.slm_rotation_rad")
+        if "slm_scale" in mm:
+            scale = _num(mm["slm_scale"], f"{cal_file}: mismatch.slm_scale")
+        if "lut_gamma" in mm or "lut_scale" in mm:
+            gamma_scale = (
+                _num(mm.get("lut_gamma", 1.0), f"{cal_file}: mismatch.lut_gamma"),
+                _num(mm.get("lut_scale", 1.0), f"{cal_file}: mismatch.lut_scale"),
+            )
+    if scale <= 0:
+        raise CheckpointError(f"{cal_file}: slm.scale must be > 0, got {scale}")
+    if lut_name is None and (folder / LUT_FILE).is_file():
+        lut_name = LUT_FILE
+    h = hashlib.sha256(raw)
+    if lut_name is not None:
+        lut_path = (folder / lut_name).resolve()
+        if folder.resolve() not in lut_path.parents:
+            raise CheckpointError(f"{cal_file}: slm.lut must name a file inside the bundle")
+        lut_table = _read_lut_npy(lut_path)
+        h.update(lut_path.read_bytes())
+    elif gamma_scale is not None:
+        lut_table = _ParametricLUT(*gamma_scale)  # type: ignore[assignment]
+
+    wl = data.get("wavelength_m")
+    rig_id = data.get("rig_id") or ""
+    return SLMCalibration(
+        offset_px=offset,
+        rotation_rad=rotation,
+        scale=scale,
+        lut_table=lut_table,
+        rig_id=str(rig_id),
+        wavelength_m=None if wl is None else _num(wl, f"{cal_file}: wavelength_m"),
+        sha256=h.hexdigest(),
+        path=folder,
+    )
+
+
+@dataclass(frozen=True)
+class _ParametricLUT:
+    """A fitted φ = scale·range·(g/levels)^gamma, tabulated once the bit depth is known."""
+
+    gamma: float
+    scale: float
+
+
+def _read_lut_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: LUT file not found")
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable .npy LUT ({e})") from None
+    if table.ndim != 1 or not np.issubdtype(table.dtype, np.number):
+        raise CheckpointError(
+            f"{path}: LUT must be a 1-D numeric array (phase in radians per grey level), "
+            f"got shape {table.shape} dtype {table.dtype}"
+        )
+    return table.astype(np.float64)
+
+
+def check_calibration_identity(
+    where: object, rig_id: str | None, wavelength_m: float | None, rig: RigConfig
+) -> None:
+    """Refuse a calibration measured on another rig or at another wavelength (one clear line).
+
+    Shared by the export's view of a bundle and the full bundle loader.
+    """
+    if rig_id and rig_id != rig.rig_id:
+        raise CheckpointError(
+            f"{where}: calibration is for rig {rig_id!r} (measured there), this rig is "
+            f"{rig.rig_id!r} — calibrate this rig (`dmicro calibrate --config …`)"
+        )
+    wl = rig.optics.wavelength_m
+    if wavelength_m is not None and not math.isclose(wavelength_m, wl, rel_tol=WAVELENGTH_RTOL):
+        raise CheckpointError(
+            f"{where}: calibration measured at λ = {wavelength_m * 1e9:.1f} nm, the rig's "
+            f"optics.wavelength_m is {wl * 1e9:.1f} nm — the SLM phase response depends on the "
+            "wavelength: recalibrate"
+        )
+
+
+def check_calibration_for_rig(cal: SLMCalibration, rig: RigConfig) -> None:
+    """Refuse a calibration measured on another rig or at another wavelength."""
+    check_calibration_identity(cal.path or "<calibration>", cal.rig_id, cal.wavelength_m, rig)
+
+
+def camera_response(path: Path | str) -> tuple[float, float]:
+    """Calibrated camera gain/offset (raw' = gain·raw + offset) of a bundle; (1, 0) when it has
+    none. Read from ``camera.gain``/``camera.offset_adu``, else ``mismatch.camera_gain``/
+    ``mismatch.camera_offset_adu``; a non-finite or non-positive gain is a CheckpointError."""
+    f, _, data = read_calibration_json(path)
+    for section, gk, ok in (
+        ("camera", "gain", "offset_adu"),
+        ("mismatch", "camera_gain", "camera_offset_adu"),
+    ):
+        s = data.get(section)
+        if isinstance(s, dict) and (gk in s or ok in s):
+            g, o = s.get(gk, 1.0), s.get(ok, 0.0)
+            for key, v, positive in ((gk, g, True), (ok, o, False)):
+                good = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if not good or not math.isfinite(v) or (positive and v <= 0):
+                    want = "a finite number > 0" if positive else "a finite number"
+                    raise CheckpointError(f"{f}: {section}.{key} must be {want}, got {v!r}")
+            return float(g), float(o)
+    return 1.0, 0.0
+
 
 FORMAT = "dmicro-hw-calibration"
 FORMAT_VERSION = 1

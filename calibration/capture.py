@@ -12,9 +12,10 @@ pattern ids, shapes and bytes in capture order), so a bundle names exactly the f
 fitted from.
 
 *Known target.* A calibration images a known phase target. On the simulated rig
-:func:`place_target` puts it into the virtual bench (:meth:`VirtualBench.set_sample`, the
-simulated equivalent of the operator mounting the target); on a real bench the operator mounts the
-physical target whose phase map the configuration names, and ``place_target`` returns False.
+:func:`place_target` mounts it through the rig seam (:class:`dmicro_hw.rig.SamplePlane`, which
+the virtual bench implements: the simulated equivalent of the operator mounting the target); on a
+real bench the operator mounts the physical target whose phase map the configuration names, and
+``place_target`` returns False.
 """
 
 from __future__ import annotations
@@ -29,45 +30,31 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.calibration.model_fit import Observation
+from dmicro_hw.drivers.pixel_formats import format_bits
 from dmicro_hw.errors import DeviceError
+from dmicro_hw.rig import twins_of
 
 log = logging.getLogger(__name__)
 
-PIXEL_FORMAT_BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono14": 14, "Mono16": 16}
-
-
-def _bench_of(device: Any):
-    try:
-        from dmicro_hw.simulators.bench import bench_of
-    except ImportError:  # pragma: no cover - simulators always ship with the package
-        return None
-    try:
-        return bench_of(device)
-    except TypeError:
-        return None
-
 
 def place_target(devices: tuple[Any, ...], phase: np.ndarray) -> bool:
-    """Put the known target ``phase`` (N, N) rad in the sample plane of a simulated rig.
+    """Mount the known target ``phase`` (N, N) rad in the sample plane of the rig
+    (:class:`~dmicro_hw.rig.SamplePlane` of a digital twin behind ``devices``).
 
-    Returns True when done (a device of the tuple is backed by a virtual bench), False on a
-    real bench (the operator mounts the physical target).
+    Returns True when done, False on a real bench (the operator mounts the physical target).
     """
-    for d in devices:
-        bench = _bench_of(d)
-        if bench is not None:
-            bench.set_sample(np.asarray(phase, dtype=np.float32))
-            return True
-    return False
+    plane = twins_of(*devices).sample_plane
+    if plane is None:
+        return False
+    plane.mount(np.asarray(phase, dtype=np.float32))
+    return True
 
 
 def release_target(devices: tuple[Any, ...]) -> None:
-    """Give the simulated bench its configured sample back (cells stream) after calibrating."""
-    for d in devices:
-        bench = _bench_of(d)
-        if bench is not None:
-            bench.reset_sample()
-            return
+    """Give the sample plane its configured sample back (cells stream) after calibrating."""
+    plane = twins_of(*devices).sample_plane
+    if plane is not None:
+        plane.restore()
 
 
 @dataclass
@@ -121,14 +108,14 @@ class Capturer:
         self.adc_bits = int(adc_bits)
         self.adc_max = float(2**self.adc_bits - 1)
         self.n = int(frames_per_pattern)
-        base = float(getattr(slm, "settle_time_s", 0.0) or 0.0)
+        base = float(slm.settle_time_s)
         self.settle_s = base * 1.5 + 0.005 if settle_s is None else float(settle_s)
         self.on_capture = on_capture
         self.log = CaptureLog()
         self.shape = tuple(int(x) for x in slm.shape)
 
     def _to_adu(self, data: np.ndarray, pixel_format: str) -> np.ndarray:
-        bits = PIXEL_FORMAT_BITS.get(pixel_format, self.adc_bits)
+        bits = format_bits(pixel_format, self.adc_bits)
         return data.astype(np.float64) / 2.0 ** (bits - self.adc_bits)
 
     def grab(self, pattern_id: str, n: int) -> np.ndarray:

@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from dmicro_hw.optics import slm_grey
+
 
 def slm_coords(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Row and column coordinates (R, C) relative to the nominal axis (R//2, C//2)."""
@@ -24,25 +26,9 @@ def slm_coords(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def phase_to_grey(phase: np.ndarray, bit_depth: int, lut: np.ndarray | None = None) -> np.ndarray:
-    """Wrap ``phase`` (rad) to [0, 2π) and convert to grey levels (uint16).
-
-    ``lut``: phase (rad) of every grey level (monotone); the grey level whose phase is closest to
-    the wrapped target is chosen. ``None``: linear, grey = φ / 2π · 2^bits.
-    """
-    levels = 2**bit_depth
-    w = np.remainder(phase, 2 * math.pi)
-    if lut is None:
-        g = np.round(w / (2 * math.pi) * levels) % levels
-        return g.astype(np.uint16)
-    lut = np.asarray(lut, dtype=np.float64)
-    usable = lut <= lut[0] + 2 * math.pi
-    table = lut[usable] - lut[0]
-    idx = np.clip(np.searchsorted(table, w), 1, len(table) - 1)
-    lo, hi = table[idx - 1], table[idx]
-    g = np.where(np.abs(w - lo) <= np.abs(hi - w), idx - 1, idx)
-    # wrap-around: close to 2π is close to grey 0
-    g = np.where(2 * math.pi - w < np.abs(w - table[g]), 0, g)
-    return g.astype(np.uint16)
+    """Wrap ``phase`` (rad) to [0, 2π) and convert to grey levels (uint16) with the one mapping
+    (:func:`dmicro_hw.optics.slm_grey.phase_to_grey`; ``lut`` None: grey = φ / 2π · 2^bits)."""
+    return slm_grey.phase_to_grey(phase, bit_depth, lut=lut).astype(np.uint16)
 
 
 def flat(shape: tuple[int, int], grey: int = 0) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 from dmicro_hw.calibration import lut as L
 from dmicro_hw.calibration.adapt import slm_model_config
 from dmicro_hw.config import RigConfig
+from dmicro_hw.optics.sensor import ADUMap
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 
 HELD_OUT_SEED = 424242  # cells of the held-out evaluation set (never used for training)
@@ -148,12 +149,12 @@ def reconstruction_quality(
 
         mm = load_bundle(calibration).mismatch
         gain, offset = mm.camera_gain, mm.camera_offset_adu
+    adu_map = ADUMap.from_sensor(model.encoder.sensor.cfg, gain, offset)
     preds, targets = [], []
     for i in range(0, len(cells), batch):
         phi = cells[i : i + batch]
         adu = torch.from_numpy(bench.render_phase(phi, grey, noise=True))
-        adu = (adu - offset) / gain
-        preds.append(model.decode_adu(adu).clamp(0, 1))
+        preds.append(model.decode(adu_map(adu)).clamp(0, 1))
         targets.append(model.normalised_target(torch.from_numpy(phi)))
     pred, target = torch.cat(preds), torch.cat(targets)
     m = M.phase_metrics(pred, target, model.phase_max_rad)

@@ -48,14 +48,24 @@ class Frame:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+TriggerMode = Literal["free-run", "triggered"]
+TRIGGER_MODES: tuple[str, ...] = ("free-run", "triggered")
+
+
 @runtime_checkable
 class SLM(Protocol):
-    """A phase SLM. ``show`` takes uint8/uint16 grey levels or float radians (wrapped, LUT)."""
+    """A phase SLM. ``show`` takes uint8/uint16 grey levels or float radians (wrapped, LUT).
+
+    ``settle_time_s``: seconds the pipeline waits after ``show`` before trusting frames (liquid-
+    crystal response); ``pattern_id``: the id of what is displayed now (``"blank"`` after
+    ``blank()``), recorded with every frame.
+    """
 
     shape: tuple[int, int]
     pitch_m: float
     bit_depth: int
     settle_time_s: float
+    pattern_id: str
 
     def show(self, pattern: np.ndarray, pattern_id: str = "") -> None: ...
     def blank(self) -> None: ...
@@ -66,9 +76,17 @@ class SLM(Protocol):
 
 @runtime_checkable
 class Camera(Protocol):
-    """A streaming camera. ``frames()`` yields :class:`Frame` until ``stop()`` or ``max_frames``."""
+    """A streaming camera. ``frames()`` yields :class:`Frame` until ``stop()`` or ``max_frames``.
 
-    def open(self) -> None: ...
+    ``set_trigger_mode(mode)`` (``"free-run"`` or ``"triggered"``, after ``open()`` and before
+    ``start()``) must really switch the device or raise :class:`~dmicro_hw.errors.DeviceError`
+    saying why it cannot; ``attach_trigger(trigger)`` connects the trigger device whose pulses
+    expose frames (a no-op where the pulses travel on a cable).
+    """
+
+    def open(self) -> Any: ...
+    def set_trigger_mode(self, mode: str) -> None: ...
+    def attach_trigger(self, trigger: Any) -> None: ...
     def start(self) -> None: ...
     def frames(self, max_frames: int | None = None) -> Iterator[Frame]: ...
     def stop(self) -> None: ...
@@ -145,9 +163,32 @@ def get_factory(kind: DeviceKind, name: str) -> Factory:
     raise ConfigError(f"{kind}.backend: unknown backend {name!r}; available: {allowed}")
 
 
+_PROTOCOLS: dict[str, Any] = {"slm": SLM, "camera": Camera, "trigger": Trigger}
+
+
+def missing_members(device: Any, kind: DeviceKind) -> list[str]:
+    """Names the :data:`kind` Protocol declares that ``device`` lacks (empty: it conforms)."""
+    proto = _PROTOCOLS[kind]
+    names = set(getattr(proto, "__annotations__", {}))
+    names |= {n for n, v in vars(proto).items() if callable(v) and not n.startswith("_")}
+    names |= {"__enter__", "__exit__"}
+    return sorted(n for n in names if not hasattr(device, n))
+
+
 def open_device(kind: DeviceKind, section: Any, rig: Any = None) -> Any:
-    """Build the device of ``kind`` described by the rig config ``section`` (not yet opened)."""
-    return get_factory(kind, section.backend)(section, rig)
+    """Build the device of ``kind`` described by the rig config ``section`` (not yet opened).
+
+    ConfigError naming the backend and what it lacks when the object does not implement the
+    Protocol of ``kind`` (the pipeline calls every declared member without guessing).
+    """
+    device = get_factory(kind, section.backend)(section, rig)
+    missing = missing_members(device, kind)
+    if missing:
+        raise ConfigError(
+            f"{kind}.backend: {section.backend!r} ({type(device).__name__}) does not implement "
+            f"the {kind} protocol: missing {', '.join(missing)}"
+        )
+    return device
 
 
 class NullTrigger:

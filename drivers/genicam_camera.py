@@ -25,9 +25,10 @@ offset_x, offset_y        OffsetX, OffsetY
 frame_rate_hz             AcquisitionFrameRateEnable = True, AcquisitionFrameRate
 exposure_s                ExposureAuto = Off, ExposureTime [µs]
 options.gain              GainAuto = Off, Gain [dB]
-acquisition.mode          triggered: TriggerSelector = FrameStart, TriggerMode = On,
+acquisition.mode, --mode  triggered: TriggerSelector = FrameStart, TriggerMode = On,
                           TriggerSource = options.trigger_source (Line0);
-                          free-run: TriggerMode = Off
+                          free-run: TriggerMode = Off (set_trigger_mode; a device
+                          without TriggerMode/TriggerSource refuses triggered)
 options.nodes             {NodeName: value}: any further nodes, written last
 ========================  ====================================================================
 
@@ -62,22 +63,12 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.drivers.base import Frame
+from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, format_bits
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)
 _hv_log = logging.getLogger(__name__ + ".harvesters")
 
-MONO_BITS = {
-    "Mono8": 8,
-    "Mono10": 10,
-    "Mono12": 12,
-    "Mono14": 14,
-    "Mono16": 16,
-    "Mono10p": 10,
-    "Mono12p": 12,
-    "Mono10Packed": 10,
-    "Mono12Packed": 12,
-}
 _OPTIONS = {"justify", "gain", "trigger_source", "nodes", "num_buffers", "auto_recover"}
 
 
@@ -363,10 +354,10 @@ class GenICamCamera:
         c = self.cfg
         self.set_nodes.clear()
         self.missing_nodes.clear()
-        if c.pixel_format not in MONO_BITS:
+        if c.pixel_format not in PIXEL_FORMATS:
             raise ConfigError(
                 f"camera.pixel_format: {c.pixel_format!r} is not supported; use one of "
-                f"{', '.join(MONO_BITS)}"
+                f"{', '.join(PIXEL_FORMATS)}"
             )
         if "PixelFormat" in self._node_names:
             node = self._node("PixelFormat")
@@ -404,16 +395,55 @@ class GenICamCamera:
             if "GainAuto" in self._node_names:
                 self._set("GainAuto", "Off", "camera.options.gain")
             self._set("Gain", float(self.gain), "camera.options.gain")
-        if self.triggered:
-            if "TriggerSelector" in self._node_names:
-                self._set("TriggerSelector", "FrameStart", "acquisition.mode")
-            self._set("TriggerMode", "On", "acquisition.mode")
-            self._set("TriggerSource", self.trigger_source, "camera.options.trigger_source")
-        elif "TriggerMode" in self._node_names:
-            self._set("TriggerMode", "Off", "acquisition.mode")
+        self._write_trigger_nodes()
         for name, value in self.extra_nodes.items():
             self._set(str(name), value, f"camera.options.nodes.{name}")
         self._read_back()
+
+    def set_trigger_mode(self, mode: str) -> None:
+        """``"triggered"``: TriggerSelector = FrameStart (when present), TriggerMode = On,
+        TriggerSource = ``options.trigger_source``; ``"free-run"``: TriggerMode = Off.
+
+        Written now when the camera is open (else at :meth:`open`), before :meth:`start` (GenTL
+        locks trigger nodes while streaming). DeviceError naming the missing nodes when a device
+        without TriggerMode/TriggerSource is asked to run triggered: it would free-run while the
+        trigger box pulses.
+        """
+        from dmicro_hw.drivers.base import TRIGGER_MODES
+
+        if mode not in TRIGGER_MODES:
+            raise ConfigError(f"trigger mode must be 'free-run' or 'triggered', got {mode!r}")
+        if self._acquiring:
+            raise DeviceError(
+                f"camera {self.device.get('id')}: stop() before changing the trigger mode"
+            )
+        self.triggered = mode == "triggered"
+        if self._ia is not None:
+            self._write_trigger_nodes()
+
+    def _write_trigger_nodes(self) -> None:
+        for name in ("TriggerSelector", "TriggerMode", "TriggerSource"):
+            self.set_nodes.pop(name, None)
+            self.missing_nodes.pop(name, None)
+        if not self.triggered:
+            if "TriggerMode" in self._node_names:
+                self._set("TriggerMode", "Off", "acquisition.mode")
+            return
+        lacking = [n for n in ("TriggerMode", "TriggerSource") if n not in self._node_names]
+        if lacking:
+            raise DeviceError(
+                f"acquisition.mode: camera {self.device.get('id')} has no "
+                f"{' or '.join(lacking)} node, so it cannot be hardware-triggered; "
+                "run --mode free-run or use a camera with trigger input"
+            )
+        if "TriggerSelector" in self._node_names:
+            self._set("TriggerSelector", "FrameStart", "acquisition.mode")
+        self._set("TriggerMode", "On", "acquisition.mode")
+        self._set("TriggerSource", self.trigger_source, "camera.options.trigger_source")
+
+    def attach_trigger(self, trigger: Any) -> None:
+        """Nothing to connect in software: trigger pulses reach the camera on its input line
+        (``options.trigger_source``)."""
 
     def _read_back(self) -> None:
         def val(name: str, default: Any) -> Any:
@@ -425,7 +455,7 @@ class GenICamCamera:
                 return default
 
         self.pixel_format = str(val("PixelFormat", self.cfg.pixel_format))
-        self.bits_per_pixel = MONO_BITS.get(self.pixel_format, 0)
+        self.bits_per_pixel = format_bits(self.pixel_format, 0)
         self.width = int(val("Width", 0))
         self.height = int(val("Height", 0))
         self.frame_rate_hz = val("AcquisitionFrameRate", None)
@@ -507,11 +537,11 @@ class GenICamCamera:
                 raise DeviceError(f"camera {self.device.get('id')}: buffer without image data")
             comp = comps[0]
             fmt = str(comp.data_format)
-            bits = MONO_BITS.get(fmt)
+            bits = format_bits(fmt)
             if bits is None:
                 raise DeviceError(
                     f"camera {self.device.get('id')}: delivered pixel format {fmt}; "
-                    f"set camera.pixel_format to one of {', '.join(MONO_BITS)}"
+                    f"set camera.pixel_format to one of {', '.join(PIXEL_FORMATS)}"
                 )
             image = _as_image(comp.data, int(comp.height), int(comp.width))
             data, used = to_right_justified(image, bits, self.justify)

@@ -60,26 +60,12 @@ def phase_to_grey(
     phase_range_rad: float = TWO_PI,
     lut: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Phase (radians, any real values) → grey levels (uint8 for ≤8 bits, else uint16)."""
-    levels = 2**bit_depth
-    dtype = np.uint8 if bit_depth <= 8 else np.uint16
-    phi = np.mod(np.asarray(phase, dtype=np.float64), TWO_PI)
-    if lut is None:
-        g = np.rint(phi / phase_range_rad * levels)
-        if phase_range_rad >= TWO_PI - 1e-12:
-            g = np.mod(g, levels)  # level `levels` is 2π ≡ 0
-        return np.clip(g, 0, levels - 1).astype(dtype)
-    table = np.mod(np.asarray(lut, dtype=np.float64), TWO_PI)
-    order = np.argsort(table, kind="stable")
-    sorted_t = table[order]
-    idx = np.searchsorted(sorted_t, phi)
-    cands = np.stack(
-        [np.clip(idx - 1, 0, levels - 1), np.clip(idx, 0, levels - 1)]
-        + [np.zeros_like(idx), np.full_like(idx, levels - 1)]  # neighbours across the 0/2π seam
-    )
-    d = np.abs(np.angle(np.exp(1j * (phi[None] - sorted_t[cands]))))
-    best = np.take_along_axis(cands, np.argmin(d, axis=0)[None], axis=0)[0]
-    return order[best].astype(dtype)
+    """Phase (radians, any real values) → grey levels (uint8 for ≤8 bits, else uint16): the one
+    mapping, :func:`dmicro_hw.optics.slm_grey.phase_to_grey` (the export's steps; torch is
+    imported on first use)."""
+    from dmicro_hw.optics.slm_grey import phase_to_grey as mapping
+
+    return mapping(phase, bit_depth, phase_range_rad, lut)
 
 
 def to_grey(

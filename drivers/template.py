@@ -73,6 +73,7 @@ class TemplateCamera:
         self._stop = False
         self._prev_id: int | None = None
         self._hw_info: dict[str, Any] = {}
+        self.trigger_mode = "free-run"
 
     @classmethod
     def from_config(cls, section: Any, rig: Any = None) -> TemplateCamera:
@@ -89,6 +90,16 @@ class TemplateCamera:
     def _hw_start(self) -> None:
         """VENDOR: start streaming (free-run or hardware-triggered)."""
         raise NotImplementedError("TemplateCamera._hw_start: start acquisition here")
+
+    def _hw_set_trigger_mode(self, triggered: bool) -> None:
+        """VENDOR: switch hardware triggering on (frame start on the trigger input) or off
+        (free-run), before streaming; raise DeviceError when the device cannot. Until you
+        override it the camera free-runs and refuses ``triggered``."""
+        if triggered:
+            raise DeviceError(
+                f"acquisition.mode: camera {type(self).__name__} implements no hardware trigger "
+                "(_hw_set_trigger_mode); run --mode free-run"
+            )
 
     def _hw_read(self, timeout_s: float) -> tuple[np.ndarray, int, int] | None:
         """VENDOR: wait up to ``timeout_s`` for the next frame. Return ``(data, device_frame_id,
@@ -116,6 +127,19 @@ class TemplateCamera:
         if not self._acquiring:
             self._hw_start()
             self._acquiring, self._stop, self._prev_id = True, False, None
+
+    def set_trigger_mode(self, mode: str) -> None:
+        """``"free-run"`` or ``"triggered"`` (open, not streaming)."""
+        if mode not in ("free-run", "triggered"):
+            raise ConfigError(f"trigger mode must be 'free-run' or 'triggered', got {mode!r}")
+        if self._acquiring:
+            raise DeviceError(f"camera {type(self).__name__}: stop() before changing trigger mode")
+        self.open()
+        self._hw_set_trigger_mode(mode == "triggered")
+        self.trigger_mode = mode
+
+    def attach_trigger(self, trigger: Any) -> None:
+        """Hardware trigger: pulses travel on a cable, nothing to connect in software."""
 
     def frames(self, max_frames: int | None = None) -> Iterator[Frame]:
         if not self._acquiring:

@@ -261,6 +261,15 @@ class VirtualBench:
             self._init_sample()
             self._bank.clear()
 
+    # the rig seam's SamplePlane (dmicro_hw.rig): what calibration calls on any rig
+    def mount(self, phase: np.ndarray) -> None:
+        """:class:`~dmicro_hw.rig.SamplePlane`: :meth:`set_sample`."""
+        self.set_sample(np.asarray(phase, dtype=np.float32))
+
+    def restore(self) -> None:
+        """:class:`~dmicro_hw.rig.SamplePlane`: :meth:`reset_sample`."""
+        self.reset_sample()
+
     @property
     def period_frames(self) -> int:
         """Frames after which the sample stream repeats exactly (1 for a static sample)."""

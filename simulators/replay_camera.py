@@ -289,6 +289,7 @@ class ReplayCamera:
         self._pos = 0
         self.delivered = 0
         self.damaged_skipped = 0
+        self.trigger_mode = "free-run"
 
     @classmethod
     def from_config(cls, section: CameraDeviceConfig, rig: RigConfig | None = None) -> ReplayCamera:
@@ -314,6 +315,21 @@ class ReplayCamera:
             exposure_s=section.exposure_s,
             fetch_timeout_s=section.fetch_timeout_s,
         )
+
+    # ------------------------------------------------------------------ trigger
+    def set_trigger_mode(self, mode: str) -> None:
+        """Recorded in :meth:`info`; a recording has no trigger input, so frames come at the
+        recorded (or configured) pace in either mode."""
+        from dmicro_hw.drivers.base import TRIGGER_MODES
+
+        if mode not in TRIGGER_MODES:
+            raise ConfigError(f"trigger mode must be 'free-run' or 'triggered', got {mode!r}")
+        if self._started:
+            raise DeviceError("camera (replay): stop() before changing the trigger mode")
+        self.trigger_mode = mode
+
+    def attach_trigger(self, trigger: Any) -> None:
+        """Nothing to connect: a recording does not wait for trigger pulses."""
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:

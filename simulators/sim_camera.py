@@ -40,13 +40,13 @@ import numpy as np
 
 from dmicro_hw.config import CameraDeviceConfig, FaultsConfig, RigConfig
 from dmicro_hw.drivers.base import Frame
+from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, UNPACKED_FORMATS
 from dmicro_hw.errors import ConfigError, DeviceError
 from dmicro_hw.simulators.bench import VirtualBench, get_bench
 from dmicro_hw.simulators.faults import DeviceDisconnected, FaultInjector
 
 log = logging.getLogger(__name__)
 
-PIXEL_FORMATS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono14": 14, "Mono16": 16}
 TICKS_HZ = 1e9
 _OPTIONS = {"paced", "noise", "buffer_frames", "trigger_mode", "prefill"}
 
@@ -88,13 +88,13 @@ class SimCamera:
                 f"camera.options.trigger_mode: must be 'free-run' or 'triggered', "
                 f"got {self.trigger_mode!r}"
             )
-        if section.pixel_format not in PIXEL_FORMATS:
+        if section.pixel_format not in UNPACKED_FORMATS:
             raise ConfigError(
                 f"camera.pixel_format: {section.pixel_format!r} not supported by the sim camera; "
-                f"allowed: {', '.join(PIXEL_FORMATS)}"
+                f"allowed: {', '.join(UNPACKED_FORMATS)}"
             )
         self.pixel_format = section.pixel_format
-        self.bits_per_pixel = PIXEL_FORMATS[self.pixel_format]
+        self.bits_per_pixel = PIXEL_FORMATS[self.pixel_format].bits
         self._dtype = np.uint8 if self.bits_per_pixel <= 8 else np.uint16
         self._fmt_scale = np.float32(2.0 ** (self.bits_per_pixel - bench.sensor_cfg.bit_depth))
         self._fmt_max = float(2**self.bits_per_pixel - 1)

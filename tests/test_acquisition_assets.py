@@ -73,7 +73,7 @@ def test_camera_gain_offset_and_pixel_scale_are_undone_before_decoding(setup):
 
 
 def test_assets_cross_checks(setup, tmp_path):
-    from dmicro_hw.export import export_checkpoint
+    from dmicro_hw.commands._export_pattern import export_checkpoint
 
     d, rig, ck, cal = setup
     export_checkpoint(ck, rig, calibration=cal, out_dir=tmp_path / "pat-cal")

@@ -48,8 +48,8 @@ def assets(tmp_path_factory):
     """An (untrained, tiny) checkpoint for the test rig and its exported pattern."""
     import torch
 
+    from dmicro_hw.commands._export_pattern import export_checkpoint
     from dmicro_hw.config import DecoderConfig, TrainConfig, load_rig_config
-    from dmicro_hw.export import export_checkpoint
     from dmicro_hw.training.checkpoint import save_checkpoint
     from dmicro_hw.training.model import DMicroModel
 
@@ -365,6 +365,16 @@ def test_cli_genicam_viky_through_the_same_pipeline(assets, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 6 and "decoder expects (16, 16)" in err and "Traceback" not in err
+
+    # --mode triggered on a rig whose YAML says free-run: the camera is switched for real, and
+    # viky, which has no trigger nodes, refuses in one line before the trigger box is armed
+    trig = rig_for(assets, tmp_path, camera=cam, trigger="sim", name="trig.yaml")
+    args = ["acquire", "--config", str(trig), "--mode", "triggered", "--frames", "4"]
+    code = _run(app, [*args, "--no-recon", "--out", str(tmp_path / "run7")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err, err
+    assert "has no TriggerMode or TriggerSource node" in err and "--mode free-run" in err
+    assert not (tmp_path / "run7" / "run.json").exists()
 
 
 def test_pattern_from_another_checkpoint_is_refused_in_one_line(assets, tmp_path, capsys):

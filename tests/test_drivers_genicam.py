@@ -111,14 +111,94 @@ def test_device_selection_and_errors() -> None:
 
 
 @needs_viky
-def test_triggered_mode_reports_missing_trigger_nodes() -> None:
+def test_triggered_mode_on_a_camera_without_trigger_nodes_is_a_clear_error() -> None:
+    """viky has no TriggerMode/TriggerSource: asked to run triggered (by the YAML or by
+    ``set_trigger_mode``) it refuses, instead of free-running while the trigger box pulses."""
     rig = RigConfig.model_validate({"acquisition": {"mode": "triggered"}})
-    with open_device("camera", cam_cfg(), rig) as cam:
-        missing = cam.info()["missing_nodes"]
-        assert missing == {
-            "TriggerMode": "acquisition.mode",
-            "TriggerSource": "camera.options.trigger_source",
-        }
+    cam = open_device("camera", cam_cfg(), rig)
+    with pytest.raises(DeviceError, match=r"acquisition.mode: camera .* has no TriggerMode or Tr"):
+        cam.open()
+    assert cam._ia is None  # nothing left open
+    with open_device("camera", cam_cfg(), RigConfig()) as cam:  # YAML: free-run
+        with pytest.raises(DeviceError, match="cannot be hardware-triggered; run --mode free-run"):
+            cam.set_trigger_mode("triggered")
+        cam.set_trigger_mode("free-run")  # nothing to switch off on viky
+        assert len(list(cam.frames(2))) == 2
+        with pytest.raises(DeviceError, match="stop\\(\\) before changing the trigger mode"):
+            cam.set_trigger_mode("free-run")
+        with pytest.raises(ConfigError, match="'free-run' or 'triggered', got 'hw'"):
+            cam.set_trigger_mode("hw")
+
+
+class _Node:
+    def __init__(self, name: str, value: object) -> None:
+        self.value, self.symbolics = value, ()
+        self.node = type("N", (), {"name": name})()
+
+
+class _NodeMap:
+    def __init__(self, **nodes: object) -> None:
+        self.nodes = [_Node(k, v) for k, v in nodes.items()]
+        for n in self.nodes:
+            setattr(self, n.node.name, n)
+
+
+def _fake_open(cam: GenICamCamera, nm: _NodeMap) -> None:
+    """Stand a node map in for an opened device (the nodes viky lacks)."""
+    cam._ia = type("IA", (), {"remote_device": type("RD", (), {"node_map": nm})()})()
+    cam._node_names = {n.node.name for n in nm.nodes}
+    cam.device = {"id": "fake"}
+
+
+def test_set_trigger_mode_writes_the_trigger_nodes_before_start() -> None:
+    nm = _NodeMap(TriggerSelector="AcquisitionStart", TriggerMode="Off", TriggerSource="Software")
+    cam = GenICamCamera(cam_cfg(options={"trigger_source": "Line2"}), RigConfig())
+    _fake_open(cam, nm)
+    cam.set_trigger_mode("triggered")
+    assert (nm.TriggerSelector.value, nm.TriggerMode.value, nm.TriggerSource.value) == (
+        "FrameStart",
+        "On",
+        "Line2",
+    )
+    assert cam.triggered and cam.set_nodes["TriggerMode"] == "On" and not cam.missing_nodes
+    cam.set_trigger_mode("free-run")
+    assert nm.TriggerMode.value == "Off" and cam.set_nodes["TriggerMode"] == "Off"
+    assert "TriggerSource" not in cam.set_nodes and not cam.triggered
+    # a device with TriggerMode but no TriggerSource cannot be triggered either
+    nm2 = _NodeMap(TriggerMode="Off")
+    cam2 = GenICamCamera(cam_cfg(), RigConfig())
+    _fake_open(cam2, nm2)
+    with pytest.raises(DeviceError, match="camera fake has no TriggerSource node"):
+        cam2.set_trigger_mode("triggered")
+    assert nm2.TriggerMode.value == "Off"
+    # before open(): remembered and written by open()'s configuration
+    cam3 = GenICamCamera(cam_cfg(), RigConfig())
+    cam3.set_trigger_mode("triggered")
+    assert cam3.triggered
+
+
+def test_camera_protocol_declares_what_the_pipeline_calls() -> None:
+    from dmicro_hw.drivers.base import SLM, Trigger, missing_members
+
+    for name in ("set_trigger_mode", "attach_trigger", "start", "frames", "info"):
+        assert hasattr(Camera, name)
+    assert {"settle_time_s", "pattern_id"} <= set(SLM.__annotations__)
+    assert hasattr(Trigger, "arm")
+    assert missing_members(GenICamCamera(cam_cfg(), RigConfig()), "camera") == []
+    assert missing_members(object(), "camera")[:2] == ["__enter__", "__exit__"]
+
+
+def test_backend_without_the_protocol_is_refused_when_built(monkeypatch) -> None:
+    from dmicro_hw.drivers import base
+
+    class NoTrigger:
+        def __init__(self, *a: object) -> None: ...
+        def open(self) -> None: ...
+        def start(self) -> None: ...
+
+    monkeypatch.setitem(base._REGISTERED, "camera.partial", NoTrigger)
+    with pytest.raises(ConfigError, match="'partial' .NoTrigger. does not implement the camera "):
+        open_device("camera", CameraDeviceConfig(backend="partial"))
 
 
 def test_wrong_or_invalid_cti_is_device_error(tmp_path) -> None:

@@ -18,12 +18,14 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from dmicro_hw.config import SLMDeviceConfig
 from dmicro_hw.drivers.base import open_device
 from dmicro_hw.drivers.screen_slm import ScreenSLM, x_display_info
 from dmicro_hw.drivers.slm_pixels import from_display_rgb, phase_to_grey, to_display, to_grey
 from dmicro_hw.errors import ConfigError, DeviceError, FrameShapeError
+from dmicro_hw.export import inverse_lut, quantise, wrap_phase
 
 pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
 
@@ -256,14 +258,20 @@ def test_phase_to_grey_linear_and_lut() -> None:
     g = phase_to_grey(phi, 8)
     assert g.dtype == np.uint8
     assert list(g) == [0, 128, 0, 192, round(0.1 / (2 * math.pi) * 256)]
-    # a measured LUT (nonlinear, > 2π full scale): the nearest level on the circle is chosen
+    # a measured LUT (nonlinear, > 2π full scale): the export's steps (wrap, invert the LUT
+    # between levels, round), so a driver shows what the export computed for training
     levels = np.arange(256)
     lut = 2.4 * math.pi * (levels / 256) ** 1.3
-    g = phase_to_grey(phi, 8, lut=lut)
-    wrapped = np.mod(phi, 2 * math.pi)
-    err = np.abs(np.angle(np.exp(1j * (np.mod(lut[g], 2 * math.pi) - wrapped))))
-    best = np.min(np.abs(np.angle(np.exp(1j * (lut[None, :] - wrapped[:, None])))), axis=1)
-    assert np.allclose(err, best)
+    dense = np.linspace(-7, 13, 20001)
+    g = phase_to_grey(dense, 8, lut=lut)
+    wrapped = np.mod(dense, 2 * math.pi)
+    err = np.abs(np.angle(np.exp(1j * (lut[g] - wrapped))))
+    assert err.max() <= np.diff(lut).max() / 2 + 1e-9  # within half a level of the target
+    t = torch.from_numpy(lut)
+    ref = quantise(inverse_lut(wrap_phase(torch.from_numpy(dense)), t), 8, ste=False)
+    assert (g == ref.numpy()).all()
+    # the LUT is taken relative to grey 0 (a global phase), as in the export
+    assert (phase_to_grey(dense, 8, lut=lut + 0.3) == g).all()
     g16 = phase_to_grey(np.array([math.pi]), 12)
     assert g16.dtype == np.uint16 and g16[0] == 2048
 

@@ -29,8 +29,8 @@ def assets(tmp_path_factory):
     """A tiny (untrained) checkpoint, a rig for it and the pattern exported from it."""
     import torch
 
+    from dmicro_hw.commands._export_pattern import export_checkpoint
     from dmicro_hw.config import DecoderConfig, TrainConfig, load_rig_config
-    from dmicro_hw.export import export_checkpoint
     from dmicro_hw.training.checkpoint import save_checkpoint
     from dmicro_hw.training.model import DMicroModel
 

@@ -28,25 +28,23 @@ from dmicro_hw.acquisition.reconstruct import Reconstructor, ReconWorker
 from dmicro_hw.acquisition.ring_buffer import FrameRing
 from dmicro_hw.acquisition.writer import RunWriter
 from dmicro_hw.drivers.base import Frame
+from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, format_bits
 from dmicro_hw.errors import DeviceError, DmicroError
 
 log = logging.getLogger(__name__)
 
-PIXEL_DTYPES = {"Mono8": np.uint8}
-
 
 def pixel_format_bits(pixel_format: str, data: np.ndarray) -> int:
-    """Bits per pixel of a PFNC mono format (Mono8/10/12/14/16; packed variants alike)."""
-    digits = "".join(ch for ch in pixel_format.removeprefix("Mono") if ch.isdigit())
-    if pixel_format.startswith("Mono") and digits:
-        return int(digits)
-    return int(data.dtype.itemsize * 8)
+    """Bits per pixel of a PFNC mono format (the one table, drivers/pixel_formats.py); the
+    container's bits for a format the table does not know."""
+    bits = format_bits(pixel_format)
+    return bits if bits is not None else int(data.dtype.itemsize * 8)
 
 
 def frame_dtype(pixel_format: str, data: np.ndarray) -> np.dtype:
     """Storage dtype for a PFNC pixel format: uint8 for Mono8, uint16 for deeper Mono formats."""
-    if pixel_format in PIXEL_DTYPES:
-        return np.dtype(PIXEL_DTYPES[pixel_format])
+    if pixel_format in PIXEL_FORMATS:
+        return PIXEL_FORMATS[pixel_format].dtype
     if data.dtype.kind in "ui" and data.dtype.itemsize <= 2:
         return np.dtype(np.uint16) if data.dtype.itemsize == 2 else np.dtype(np.uint8)
     return np.dtype(np.uint16)
@@ -187,7 +185,7 @@ class Acquisition:
         self._state = "pattern"
         if self.slm is not None and self.pattern is not None:
             self.slm.show(self.pattern, pattern_id=self.pattern_id)
-            settle = float(getattr(self.slm, "settle_time_s", 0.0)) if opt.settle else 0.0
+            settle = float(self.slm.settle_time_s) if opt.settle else 0.0
             if settle > 0:
                 self._state = "settling"
                 self._stop.wait(settle)

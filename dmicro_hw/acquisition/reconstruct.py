@@ -92,7 +92,7 @@ class Reconstructor:
     ) -> None:
         import torch
 
-        from dmicro_hw.optics.sensor import Sensor
+        from dmicro_hw.optics.sensor import ADUMap
 
         self.device = pick_device(device)
         if threads and self.device == "cpu":
@@ -105,13 +105,9 @@ class Reconstructor:
         self.input_shape = (self.field_size // self.binning, self.field_size // self.binning)
         self.phase_max_rad = float(model.phase_max_rad)
         self.pixel_size_m = float(enc.optics.pixel_size_m)
-        sensor = Sensor(sensor_cfg, self.binning)
-        # raw' = g·raw + o ; intensity = (raw − off) / (gain·photons) → one affine map a·raw' + b
-        c = sensor.cfg
-        inv = 1.0 / (c.gain_adu_per_e * c.photons_per_pixel)
-        self._base_scale = inv / float(camera_gain)
-        self._scale = self._base_scale
-        self._shift = -(float(camera_offset_adu) / float(camera_gain) + c.offset_adu) * inv
+        # pixels → decoder input: the one ADU map, fused into a·pixel + b
+        self.adu_map = ADUMap.from_sensor(sensor_cfg, camera_gain, camera_offset_adu)
+        self._scale, self._shift = self.adu_map.affine()
         self.pixel_scale = 1.0
         self.max_batch = int(max_batch)
         self.autocast_dtype: Any = None
@@ -170,7 +166,8 @@ class Reconstructor:
         """Pixel values = ADC values × ``scale`` (e.g. 16 for a 12-bit ADC sent as Mono16,
         1/16 for Mono8); decoding divides it out."""
         self.pixel_scale = float(scale)
-        self._scale = self._base_scale / self.pixel_scale
+        self.adu_map = self.adu_map.with_pixel_scale(self.pixel_scale)
+        self._scale, self._shift = self.adu_map.affine()
 
     # ------------------------------------------------------------------ decoding
     def check_frame_shape(self, shape: tuple[int, ...]) -> None:

@@ -20,7 +20,6 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from dmicro_hw.acquisition.pipeline import Acquisition, AcquisitionOptions
 from dmicro_hw.config import RigConfig
 from dmicro_hw.errors import CheckpointError, ConfigError
+from dmicro_hw.rig import Twins, open_rig, release_twins
 from dmicro_hw.safe_io import check_output_dir, make_output_dir, release_space, reserve_space
 
 log = logging.getLogger(__name__)
@@ -72,42 +72,21 @@ class Assets:
         }
 
 
-def _camera_response(cal_path: Path) -> tuple[float, float]:
-    """Camera gain/offset of a calibration bundle (1, 0 when it has none)."""
-    from dmicro_hw.export import read_calibration_json
-
-    f, _, data = read_calibration_json(cal_path)
-    for section, gk, ok in (
-        ("camera", "gain", "offset_adu"),
-        ("mismatch", "camera_gain", "camera_offset_adu"),
-    ):
-        s = data.get(section)
-        if isinstance(s, dict) and (gk in s or ok in s):
-            g, o = s.get(gk, 1.0), s.get(ok, 0.0)
-            for key, v, positive in ((gk, g, True), (ok, o, False)):
-                good = isinstance(v, (int, float)) and not isinstance(v, bool)
-                if not good or not math.isfinite(v) or (positive and v <= 0):
-                    want = "a finite number > 0" if positive else "a finite number"
-                    raise CheckpointError(f"{f}: {section}.{key} must be {want}, got {v!r}")
-            return float(g), float(o)
-    return 1.0, 0.0
-
-
 def load_assets(rig: RigConfig, need_checkpoint: bool = True) -> Assets:
     """Load pattern, calibration and checkpoint named by ``rig`` and check they belong together."""
     from dmicro_hw.calibration.adapt import is_adapted
-    from dmicro_hw.export import (
+    from dmicro_hw.calibration.bundle import (
+        camera_response,
         check_calibration_for_rig,
-        load_pattern,
         load_slm_calibration,
-        sha256_file,
     )
+    from dmicro_hw.export import load_pattern, sha256_file
 
     a = Assets()
     if rig.calibration is not None:
         a.calibration = load_slm_calibration(rig.calibration)
         check_calibration_for_rig(a.calibration, rig)
-        a.camera_gain, a.camera_offset_adu = _camera_response(Path(rig.calibration))
+        a.camera_gain, a.camera_offset_adu = camera_response(rig.calibration)
     if rig.checkpoint is not None:
         ck = Path(rig.checkpoint)
         if not ck.is_file():
@@ -160,14 +139,15 @@ def default_out(rig: RigConfig) -> Path:
     return out
 
 
-def frame_interval_s(rig: RigConfig, mode: str) -> float:
-    """Nominal time between frames: trigger rate, camera frame rate, or the simulated bench's."""
+def frame_interval_s(rig: RigConfig, mode: str, twins: Any = None) -> float:
+    """Nominal time between frames: trigger rate, camera frame rate, or the twin's (simulated
+    camera, :class:`dmicro_hw.rig.Twins`); 0 when unknown."""
     if mode == "triggered":
         return 1.0 / rig.trigger.rate_hz
     if rig.camera.frame_rate_hz:
         return 1.0 / rig.camera.frame_rate_hz
-    if rig.camera.backend == "sim":
-        return 1.0 / rig.bench.frame_rate_hz
+    if twins is not None and twins.frame_rate_hz:
+        return 1.0 / twins.frame_rate_hz
     return 0.0
 
 
@@ -227,6 +207,7 @@ class Session:
         self.camera: Any = None
         self.slm: Any = None
         self.trigger: Any = None
+        self.twins = Twins()
         self.acq: Acquisition | None = None
         self.summary: dict[str, Any] = {}
 
@@ -239,7 +220,7 @@ class Session:
             self._stack.close()
         finally:
             release_space(self._reserve)
-            self._release_bench()
+            release_twins(self.rig)
             if self.acq is None or self.acq.writer is None:
                 # nothing was recorded: leave no empty run folder behind
                 mine = self.store if self._claimed else None
@@ -284,14 +265,6 @@ class Session:
             self.reconstructor.warmup()
         self._claim_output()
 
-    def _release_bench(self) -> None:
-        """Drop the simulated rig's shared bench (its rendered stream is large): a process that
-        runs many sessions must not keep one per rig config."""
-        if self.rig.camera.backend == "sim" or self.rig.slm.backend == "sim":
-            from dmicro_hw.simulators.bench import release_bench
-
-            release_bench(self.rig)
-
     def _claim_output(self) -> None:
         """Create the run folder and claim ``run.zarr`` exclusively (the loser of two processes
         racing for one --out gets one clear line), keep disk space in reserve for run.json."""
@@ -311,19 +284,10 @@ class Session:
         self._reserve = reserve_space(self.out_dir)
 
     def open_devices(self) -> None:
-        """Open trigger, SLM and camera (each closed again when the session ends)."""
-        from dmicro_hw.drivers.base import open_device
-
-        rig = self.rig
-        self.slm = self._stack.enter_context(open_device("slm", rig.slm, rig))
-        if self.mode == "triggered":
-            self.trigger = self._stack.enter_context(open_device("trigger", rig.trigger, rig))
-        camera = open_device("camera", rig.camera, rig)
-        self.camera = self._stack.enter_context(camera)
-        if hasattr(self.camera, "set_trigger_mode"):
-            self.camera.set_trigger_mode(self.mode)
-        if self.mode == "triggered" and hasattr(self.camera, "attach_trigger"):
-            self.camera.attach_trigger(self.trigger)
+        """Open trigger, SLM and camera through the rig seam (each closed when the session ends)."""
+        opened = open_rig(self.rig, self._stack, self.mode)
+        self.slm, self.camera, self.trigger = opened.slm, opened.camera, opened.trigger
+        self.twins = opened.twins
 
     def start(self) -> Acquisition:
         """prepare → open devices → show pattern, settle, stream. Returns the running pipeline."""
@@ -348,7 +312,7 @@ class Session:
             chunk_frames=rig.acquisition.chunk_frames,
             recon_batch=rig.acquisition.recon_batch,
             trigger_rate_hz=rig.trigger.rate_hz,
-            frame_interval_s=frame_interval_s(rig, self.mode),
+            frame_interval_s=frame_interval_s(rig, self.mode, self.twins),
             raw_pixel_m=rig.optics.pixel_size_m * rig.optics.binning,
             adc_bits=rig.sensor.bit_depth,
             attrs=attrs,
@@ -415,16 +379,13 @@ class Session:
         return consistency_summary(chi2, self.rig.acquisition.consistency_threshold)
 
     def _score(self) -> dict[str, Any] | None:
-        try:
-            from dmicro_hw.simulators.bench import bench_of
-
-            bench = bench_of(self.camera)
-        except (ImportError, TypeError):
-            return None  # not a simulated camera: no ground truth
+        truth = self.twins.ground_truth
+        if truth is None:
+            return None  # a real bench: no ground truth
         from dmicro_hw.acquisition.scoring import score_store
 
         try:
-            return score_store(self.store, bench, self.reconstructor.phase_max_rad)
+            return score_store(self.store, truth, self.reconstructor.phase_max_rad)
         except Exception as e:  # noqa: BLE001 - a scoring failure must not lose the run
             log.warning("scoring failed: %s", e)
             return {"error": f"{type(e).__name__}: {e}"}

@@ -41,8 +41,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Export the learned filter of CHECKPOINT to the SLM: pattern.png/.npy + pattern.json."""
         from rich.table import Table
 
+        from dmicro_hw.commands._export_pattern import export_checkpoint
         from dmicro_hw.config import RigConfig, load_rig_config
-        from dmicro_hw.export import export_checkpoint, load_pattern
+        from dmicro_hw.export import load_pattern
         from dmicro_hw.progress import make_console
 
         console = make_console()

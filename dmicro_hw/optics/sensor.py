@@ -2,13 +2,17 @@
 
 Intensities are float32 (B, H, W) in units of the illumination intensity (a clear field is 1).
 :class:`Sensor` turns them into raw ADU values of shape (B, H/k, W/k) as a camera would deliver,
-and :meth:`Sensor.normalise` maps ADU back to intensity units for the decoder.
+and :class:`ADUMap` (used by :meth:`Sensor.normalise`, the live and offline reconstructor and the
+calibration scores) is the one map from camera pixel values back to decoder input.
 
 Noise is differentiable where it can be: the Poisson sample and the ADC rounding use a
 straight-through estimator (forward: the sample; backward: d/dmean = 1), read noise is additive.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +36,66 @@ def bin_frames(intensity: torch.Tensor, k: int) -> torch.Tensor:
     x = intensity[None] if squeeze else intensity
     out = F.avg_pool2d(x.unsqueeze(1), k).squeeze(1)
     return out[0] if squeeze else out
+
+
+@dataclass(frozen=True)
+class ADUMap:
+    """The one map from camera pixel values to decoder input (intensity, clear field ≈ 1).
+
+    Steps, each skipped when it is the identity::
+
+        adc   = pixel / pixel_scale                         (e.g. 16: 12-bit ADC sent as Mono16)
+        adc₀  = (adc − camera_offset_adu) / camera_gain     (calibrated camera response undone)
+        input = (adc₀ − offset_adu) / (gain_adu_per_e · photons_per_pixel)   (sensor model)
+
+    Works on numpy arrays and torch tensors alike; :meth:`affine` gives the same map as one
+    ``scale·pixel + shift`` for a fused kernel.
+    """
+
+    gain_adu_per_e: float
+    photons_per_pixel: float
+    offset_adu: float = 0.0
+    camera_gain: float = 1.0
+    camera_offset_adu: float = 0.0
+    pixel_scale: float = 1.0
+
+    @classmethod
+    def from_sensor(
+        cls,
+        cfg: SensorConfig | None,
+        camera_gain: float = 1.0,
+        camera_offset_adu: float = 0.0,
+        pixel_scale: float = 1.0,
+    ) -> ADUMap:
+        """The map of the rig's sensor config and (optionally) a calibrated camera response."""
+        cfg = cfg or SensorConfig()
+        return cls(
+            float(cfg.gain_adu_per_e),
+            float(cfg.photons_per_pixel),
+            float(cfg.offset_adu),
+            float(camera_gain),
+            float(camera_offset_adu),
+            float(pixel_scale),
+        )
+
+    def with_pixel_scale(self, pixel_scale: float) -> ADUMap:
+        return replace(self, pixel_scale=float(pixel_scale))
+
+    def affine(self) -> tuple[float, float]:
+        """(scale, shift) with ``input = scale·pixel + shift``."""
+        inv = 1.0 / (self.gain_adu_per_e * self.photons_per_pixel)
+        scale = inv / self.camera_gain / self.pixel_scale
+        shift = -(self.camera_offset_adu / self.camera_gain + self.offset_adu) * inv
+        return scale, shift
+
+    def __call__(self, pixels: Any) -> Any:
+        """Pixel values (any shape, float) → decoder input (same shape)."""
+        x = pixels
+        if self.pixel_scale != 1.0:
+            x = x / self.pixel_scale
+        if self.camera_gain != 1.0 or self.camera_offset_adu != 0.0:
+            x = (x - self.camera_offset_adu) / self.camera_gain
+        return (x - self.offset_adu) / (self.gain_adu_per_e * self.photons_per_pixel)
 
 
 def straight_through(forward_value: torch.Tensor, backward_value: torch.Tensor) -> torch.Tensor:
@@ -90,9 +154,8 @@ class Sensor(nn.Module):
         return adu.clamp(0.0, self.adc_max)
 
     def normalise(self, adu: torch.Tensor) -> torch.Tensor:
-        """Raw ADU → intensity units (a clear field ≈ 1)."""
-        c = self.cfg
-        return (adu - c.offset_adu) / (c.gain_adu_per_e * c.photons_per_pixel)
+        """Raw ADU → intensity units (a clear field ≈ 1): :class:`ADUMap` of this sensor."""
+        return ADUMap.from_sensor(self.cfg)(adu)
 
     def expected_saturation_intensity(self) -> float:
         """Intensity (units of the clear field) at which the ADC or the full well saturates."""
