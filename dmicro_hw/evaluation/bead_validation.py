@@ -20,16 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from dmicro_hw.errors import ConfigError, DataError
 from dmicro_hw.evaluation.beads import BeadFit, fit_beads, summarize_fits
+from dmicro_hw.safe_io import atomic_file, write_text_safely
 
 log = logging.getLogger(__name__)
 
@@ -381,19 +380,6 @@ def validate_beads(path: Path | str, **kwargs: Any) -> BeadReport:
 # --------------------------------------------------------------------------------------------
 
 
-def _replace_into(path: Path, write: Any) -> None:
-    """Write through a fresh temporary file in the same folder, then rename over ``path``
-    (a symlink at ``path`` is replaced, never followed)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: BeadReport, out: Path | str) -> dict[str, Path | None]:
     """``beads.json`` and ``beads.png`` (when a bead fitted) into ``out``; returns the paths."""
     out = Path(out)
@@ -402,15 +388,16 @@ def write_report(report: BeadReport, out: Path | str) -> dict[str, Path | None]:
     out.mkdir(parents=True, exist_ok=True)
     js = out / "beads.json"
     text = json.dumps(report.to_dict(), indent=2, allow_nan=True) + "\n"
-    _replace_into(js, lambda t: t.write_text(text, encoding="utf-8"))
+    write_text_safely(js, text)  # atomic, never through a symlink
     png = None
     if report.example is not None:
         png = out / "beads.png"
-        _replace_into(png, lambda t: save_bead_figure(report, t))
+        with atomic_file(png) as f:
+            save_bead_figure(report, f)
     return {"json": js, "figure": png}
 
 
-def save_bead_figure(report: BeadReport, path: Path | str) -> None:
+def save_bead_figure(report: BeadReport, path: Path | str | BinaryIO) -> None:
     """One fitted bead: data, model, residual (rad, colourbars, µm axes) and the profiles
     through its centre (data vs model)."""
     import matplotlib
