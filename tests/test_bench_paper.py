@@ -1,4 +1,5 @@
-"""`dmicro bench paper` through the real CLI: a reduced quick bench (×16, LFF vs plain intensity).
+"""`dmicro bench paper` through the real CLI: a reduced quick bench (every ratio, LFF vs GPC and
+plain intensity).
 
 Only the *ordering* is asserted: a pure phase object seen in plain intensity is nearly contrast-
 free (the binned frame's contrast is far below the shot noise), so the same decoder cannot beat
@@ -33,25 +34,38 @@ def test_bench_configs_and_parsing():
 
 
 @pytest.mark.slow
-def test_quick_bench_lff_beats_plain_intensity(tmp_path):
+def test_quick_bench_lff_ahead_at_every_ratio(tmp_path):
+    """Every ratio of the quick preset (reduced to 96 training samples), LFF vs GPC and plain.
+
+    The LFF starts at the GPC filter (``encoder.init: gpc``), so it must end ahead of it: lower
+    RMSE and higher PSNR at ×4 … ×256, higher SSIM at ×4 … ×64. At ×256 SSIM is not asserted:
+    a decoder that paints flat background (plain intensity has no contrast to decode) scores a
+    high SSIM on mostly empty cell fields (measured: plain 0.545, GPC 0.519, LFF 0.459, while
+    LFF leads PSNR by 1.8 dB).
+    """
     out = tmp_path / "bench"
     cmd = [
         sys.executable, "-c", "from dmicro_hw.cli import main; main()",
-        "bench", "paper", "--preset", "quick", "--ratios", "16", "--methods", "lff,plain",
+        "bench", "paper", "--preset", "quick", "--methods", "lff,gpc,plain",
         "--n-train", "96", "--device", "cpu", "--threads", "1", "--out", str(out),
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "bench-paper.json").read_text())
     assert report["benchmark"] == "paper" and report["preset"] == "quick"
-    assert report["ratios"] == [16] and report["methods"] == ["lff", "plain"]
+    assert report["ratios"] == list(RATIOS) and report["methods"] == ["lff", "gpc", "plain"]
     assert report["sensor"]["noise"] is True and report["n_train"] == 96
     rows = {(row["method"], row["ratio"]): row for row in report["results"]}
-    assert set(rows) == {("lff", 16), ("plain", 16)}
+    assert len(rows) == 3 * len(RATIOS)
     for row in rows.values():
         assert {"ssim", "psnr", "rmse_rad", "train_time_s", "frame"} <= set(row)
         assert 0.0 <= row["ssim"] <= 1.0 and row["rmse_rad"] > 0
-    assert rows[("lff", 16)]["ssim"] > rows[("plain", 16)]["ssim"]
-    assert rows[("lff", 16)]["rmse_rad"] < rows[("plain", 16)]["rmse_rad"]
+    for k in RATIOS:
+        lff = rows[("lff", k)]
+        for other in ("gpc", "plain"):
+            o = rows[(other, k)]
+            assert lff["psnr"] > o["psnr"] and lff["rmse_rad"] < o["rmse_rad"], (k, other)
+            if k < 256:
+                assert lff["ssim"] > o["ssim"], (k, other)
     assert (out / "bench-paper.png").stat().st_size > 1000
     assert "SSIM" in r.stdout and "LFF" in r.stdout
