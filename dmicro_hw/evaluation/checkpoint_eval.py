@@ -144,8 +144,8 @@ def evaluate_checkpoint(
 
     import torch
 
-    from dmicro_hw.acquisition.consistency import measurement_for_rig
     from dmicro_hw.acquisition.reconstruct import Reconstructor, RefineOptions
+    from dmicro_hw.optics.measurement import EncoderMeasurement
     from dmicro_hw.training.checkpoint import build_model_from_checkpoint
 
     model, tcfg = build_model_from_checkpoint(checkpoint)
@@ -166,7 +166,7 @@ def evaluate_checkpoint(
     info: dict[str, Any] = {"checkpoint": str(checkpoint), "phase_max_rad": pmax}
     if rig is None:
         rec = Reconstructor(model, tcfg.sensor, device="cpu", max_batch=batch)
-        measurement = measurement_for_rig(_train_rig(tcfg), model)
+        measurement = EncoderMeasurement(model.encoder, tcfg.sensor)
 
         def frames_of(phi: torch.Tensor) -> torch.Tensor:
             return model.encoder.raw_frame(phi, generator=gen)
@@ -196,11 +196,6 @@ def evaluate_checkpoint(
     return res
 
 
-def _train_rig(tcfg: Any) -> RigConfig:
-    """A rig with the checkpoint's own optics and sensor (the measurement model's sensor)."""
-    return RigConfig(optics=tcfg.optics, sensor=tcfg.sensor)
-
-
 def _rig_chain(checkpoint: Path | str, rig: RigConfig, batch: int, gen: Any) -> tuple:
     """(reconstructor, measurement model, frames_of) of a rig's calibrated chain on its twin."""
     import torch
@@ -209,6 +204,7 @@ def _rig_chain(checkpoint: Path | str, rig: RigConfig, batch: int, gen: Any) -> 
     from dmicro_hw.acquisition.reconstruct import Reconstructor
     from dmicro_hw.acquisition.session import load_assets
     from dmicro_hw.calibration.adapt import slm_model_config
+    from dmicro_hw.optics.measurement import BenchMeasurement
     from dmicro_hw.optics.system import PhysicalSystem
     from dmicro_hw.simulators.bench import VirtualBench, reveal_mismatch_for_scoring
 
@@ -236,15 +232,10 @@ def _rig_chain(checkpoint: Path | str, rig: RigConfig, batch: int, gen: Any) -> 
         slm_model_config(rig),
         reveal_mismatch_for_scoring(VirtualBench.from_rig(rig)),
     ).eval()
-    h = truth_system.realised_filter(grey).detach()
+    truth = BenchMeasurement(truth_system, grey)  # the bench's optics for this pattern, once
 
     def frames_of(phi: torch.Tensor) -> torch.Tensor:
-        from dmicro_hw.optics.fourier4f import apply_4f
-
-        s = truth_system
-        field = apply_4f(s.illuminate(phi), h)
-        inten = s.register_camera(field.real.square() + field.imag.square())
-        return s.frame_from_intensity(inten, gen, None)
+        return truth_system.frame_from_intensity(truth.intensity(phi), gen, None)
 
     measurement = measurement_for_rig(
         rig, rec.model, pattern_grey=assets.pattern.grey, calibration=rig.calibration
