@@ -215,11 +215,12 @@ class Reconstructor:
             e = min(n, s + self.max_batch)
             out[s:e] = self._decode_batch(raw[s:e])
             if chi2 is not None:
-                out[s:e], chi2[s:e] = self._check(raw[s:e], out[s:e])
+                chi2[s:e] = self._check(raw[s:e], out[s:e])
         return out, chi2
 
-    def _check(self, raw: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Refine (optional) and score decoded phase against the raw frames it came from."""
+    def _check(self, raw: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """χ²/dof (n,) of decoded ``phase`` (n, N, N) against the raw frames it came from; with
+        refinement on, ``phase`` is first refined in place."""
         import torch
 
         from dmicro_hw.optics.measurement import refine
@@ -237,9 +238,10 @@ class Reconstructor:
                 prior_weight=r.prior_weight,
                 phase_max_rad=self.phase_max_rad,
             )
-            return res.phase.cpu().numpy(), res.chi2_after.cpu().numpy()
+            phase[...] = res.phase.cpu().numpy()
+            return res.chi2_after.cpu().numpy()
         with torch.no_grad():
-            return phase, self.measurement.chi2(phi, adc).cpu().numpy()
+            return self.measurement.chi2(phi, adc).cpu().numpy()
 
     def _decode_batch(self, raw: np.ndarray) -> np.ndarray:
         import torch
