@@ -33,8 +33,7 @@ import torch
 from dmicro_hw.calibration.bundle import CalibrationBundle
 from dmicro_hw.config import RigConfig, SLMModelConfig
 from dmicro_hw.errors import CheckpointError
-from dmicro_hw.optics.fields import intensity, unit_phasor
-from dmicro_hw.optics.fourier4f import apply_4f
+from dmicro_hw.optics.fields import unit_phasor
 from dmicro_hw.optics.slm import sample_image
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 from dmicro_hw.training.optim import make_adam
@@ -80,16 +79,15 @@ class CalibratedBench:
     """Frames of the calibrated model for a fixed displayed pattern (filter computed once)."""
 
     def __init__(self, rig: RigConfig, mismatch: Mismatch, grey: np.ndarray) -> None:
+        from dmicro_hw.optics.measurement import BenchMeasurement
+
         self.system = PhysicalSystem(rig.optics, rig.sensor, slm_model_config(rig), mismatch)
-        with torch.no_grad():
-            self.filter = self.system.realised_filter(torch.as_tensor(grey, dtype=torch.float32))
+        self.optics = BenchMeasurement(self.system, torch.as_tensor(grey, dtype=torch.float32))
 
     @torch.no_grad()
     def frames(self, phase: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Raw ADU frames (B, n, n) for phases (B, N, N), with sensor noise."""
-        s = self.system
-        field = apply_4f(s.illuminate(phase), self.filter)
-        return s.frame_from_intensity(s.register_camera(intensity(field)), generator, True)
+        return self.system.frame_from_intensity(self.optics.intensity(phase), generator, True)
 
 
 def export_pattern(rig: RigConfig, bundle_path: Path, h: torch.Tensor) -> np.ndarray:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dmicro_hw.config import SensorConfig
+from dmicro_hw.optics.fields import intensity
 from dmicro_hw.optics.fourier4f import apply_4f
 from dmicro_hw.optics.sensor import bin_frames
 
@@ -110,7 +111,7 @@ class BenchMeasurement(MeasurementModel):
 
     def intensity(self, phase: torch.Tensor) -> torch.Tensor:
         field = apply_4f(self.system.illuminate(phase), self.filter)
-        return self.system.register_camera(field.real.square() + field.imag.square())
+        return self.system.register_camera(intensity(field))
 
 
 class EncoderMeasurement(MeasurementModel):
