@@ -41,7 +41,9 @@ def summary_table(summary: dict[str, Any]) -> Any:
     t.add_column("value", justify="right")
     for k, v in scalar_summary(summary).items():
         if isinstance(v, tuple):
-            v = " / ".join("–" if x is None else f"{x:.1f}" for x in v)
+            v = " / ".join(
+                "–" if x is None else f"{x:.1f}" if isinstance(x, float) else str(x) for x in v
+            )
         elif isinstance(v, float):
             v = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
         t.add_row(k, "–" if v is None else str(v))
