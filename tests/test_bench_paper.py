@@ -22,7 +22,9 @@ def test_bench_configs_and_parsing():
     assert cfg.sensor.noise and cfg.optics.compression == 64 and cfg.encoder.kind == "gpc"
     assert cfg.optics.field_size == PRESETS["quick"].field_size
     full = bench_config("full", "lff", 4)
-    assert full.optics.field_size == 256
+    assert full.optics.field_size == 256 and full.decoder.kind == "swinir"
+    cpu = bench_config("paper-cpu", "lff", 64)
+    assert cpu.optics.field_size == 256 and cpu.decoder.kind == "unet" and cpu.sensor.noise
     assert parse_list("16, x64,×4", RATIOS, "ratios", int) == [16, 64, 4]
     assert parse_list("LFF,plain", METHODS, "methods") == ["lff", "plain"]
     from dmicro_hw.errors import ConfigError
@@ -69,3 +71,41 @@ def test_quick_bench_lff_ahead_at_every_ratio(tmp_path):
                 assert lff["ssim"] > o["ssim"], (k, other)
     assert (out / "bench-paper.png").stat().st_size > 1000
     assert "SSIM" in r.stdout and "LFF" in r.stdout
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from dmicro_hw.cli import main; main()", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_resume_keeps_finished_runs_and_refuses_foreign_ones(tmp_path):
+    """Runs finished before an interruption are kept (nothing trained again); a damaged run file
+    or one made with other settings stops the bench with one line naming the file."""
+    import numpy as np
+
+    from dmicro_hw.commands.bench_paper import save_finished_run
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    settings = {"preset": "quick", "seed": 0, "n_train": 8}
+    row = {
+        "method": "plain", "ratio": 256, "frame": "4x4", "ssim": 0.5, "psnr": 20.0,
+        "rmse_rad": 0.3, "best_val_ssim": 0.5, "epochs": 16, "train_time_s": 12.0,
+    }  # fmt: skip
+    save_finished_run(out, settings, row, np.zeros((64, 64), np.float32))
+    args = ["bench", "paper", "--preset", "quick", "--ratios", "256", "--methods", "plain",
+            "--n-train", "8", "--device", "cpu", "--out", str(out), "--resume"]  # fmt: skip
+    r = _cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming: 1 finished run(s) kept" in r.stdout and "optics" not in r.stdout
+    report = json.loads((out / "bench-paper.json").read_text())
+    assert report["results"] == [row]
+
+    r = _cli(*[a if a != "8" else "16" for a in args], cwd=tmp_path)  # other --n-train
+    assert r.returncode != 0 and "plain-x256.npz was made with" in r.stdout + r.stderr
+
+    (out / "runs" / "plain-x256.npz").write_bytes(b"not a zip")
+    r = _cli(*args, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "plain-x256.npz is not a finished run" in r.stdout + r.stderr
+    assert "Traceback" not in r.stderr

@@ -39,6 +39,7 @@ class BenchPreset(str, Enum):
     """Scale of ``dmicro bench paper``."""
 
     quick = "quick"
+    paper_cpu = "paper-cpu"
     full = "full"
 
 

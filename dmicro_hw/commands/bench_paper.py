@@ -2,19 +2,66 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import typer
 
 from dmicro_hw.commands._choices import BenchPreset, Device, value
-from dmicro_hw.safe_io import write_text_safely
+from dmicro_hw.errors import ConfigError
+from dmicro_hw.safe_io import make_output_dir, write_bytes_safely, write_text_safely
+
+RUNS_DIR = "runs"  # one .npz per finished (method, ratio): the row and the example's recon
+
+
+def save_finished_run(out: Path, settings: dict, row: dict, recon: np.ndarray) -> None:
+    """Keep one finished run on disk as soon as it ends (an interrupted bench loses nothing)."""
+    folder = out / RUNS_DIR
+    folder.mkdir(exist_ok=True)
+    buf = io.BytesIO()
+    meta = json.dumps({"settings": settings, "row": row})
+    np.savez(buf, recon=np.asarray(recon, np.float32), meta=np.array(meta))
+    write_bytes_safely(folder / f"{row['method']}-x{row['ratio']}.npz", buf.getvalue())
+
+
+def load_finished_runs(out: Path, settings: dict) -> dict[tuple[str, int], tuple[dict, Any]]:
+    """The runs :func:`save_finished_run` kept in ``out`` for the same settings
+    (ConfigError naming the file when one is unreadable or was made with other settings)."""
+    folder = out / RUNS_DIR
+    done: dict[tuple[str, int], tuple[dict, Any]] = {}
+    if not folder.is_dir() or folder.is_symlink():
+        return done
+    for f in sorted(folder.glob("*.npz")):
+        if f.is_symlink():
+            raise ConfigError(f"--resume: {f} is a symlink; refusing to read it")
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                recon = np.array(z["recon"])
+            row = meta["row"]
+            key = (str(row["method"]), int(row["ratio"]))
+        except Exception as e:  # noqa: BLE001 — any damage: one clear message
+            raise ConfigError(f"--resume: {f} is not a finished run of bench paper ({e})") from None
+        if meta.get("settings") != settings:
+            raise ConfigError(
+                f"--resume: {f} was made with {meta.get('settings')}, not {settings}; "
+                "use another --out or the same settings"
+            )
+        done[key] = (row, recon)
+    return done
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @bench_app.command("paper")
     def paper(
         preset: BenchPreset = typer.Option(
-            BenchPreset.quick, "--preset", help="quick: minutes on a CPU; full: hours (paper)"
+            BenchPreset.quick,
+            "--preset",
+            help="quick: minutes on a CPU; paper-cpu: 256² fields, about an hour on 2 CPU "
+            "cores; full: the paper's scale and decoder, hours on a GPU",
         ),
         out: Path = typer.Option(Path("runs/bench-paper"), "--out", "-o", help="output folder"),
         ratios: str = typer.Option("4,16,64,256", "--ratios", help="compression ratios k²"),
@@ -27,11 +74,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         threads: int = typer.Option(
             0, "--threads", min=0, help="torch CPU threads (0: torch's default, one per core)"
         ),
+        resume: bool = typer.Option(
+            False,
+            "--resume",
+            help="keep the runs already finished in --out (same preset, seed and --n-train) "
+            "and train only the missing ones",
+        ),
     ) -> None:
         """Train and score every (method, ratio) on held-out synthetic cells, sensor noise on;
         prints a table, writes bench-paper.json and bench-paper.png."""
-        import json
-
         from rich.table import Table
 
         from dmicro_hw.progress import make_console
@@ -63,7 +114,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         def progress(label: str):
             return RichProgress(console, label=label)
 
-        def on_result(row: dict) -> None:
+        make_output_dir(out)
+        settings = {"preset": preset, "seed": seed, "n_train": n_train}
+        done = load_finished_runs(out, settings) if resume else {}
+        if done:
+            console.print(
+                f"resuming: {len(done)} finished run(s) kept from {out / RUNS_DIR} "
+                f"({', '.join(f'{m} ×{r}' for m, r in done)})"
+            )
+
+        def on_result(row: dict, recon) -> None:
+            save_finished_run(out, settings, row, recon)
             console.print(
                 f"  {row['method']:>5} ×{row['ratio']:<3} SSIM {row['ssim']:.4f}  "
                 f"PSNR {row['psnr']:.2f} dB  RMSE {row['rmse_rad']:.4f} rad  "
@@ -71,10 +132,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
 
         res = run_paper_bench(
-            preset, ratio_list, method_list, seed, device, n_train, progress, on_result
+            preset, ratio_list, method_list, seed, device, n_train, progress, on_result, done
         )
         report = res["report"]
-        out.mkdir(parents=True, exist_ok=True)
         write_text_safely((out / "bench-paper.json"), json.dumps(report, indent=2))
         scores = {(r["method"], r["ratio"]): r["ssim"] for r in report["results"]}
         fig = save_bench_figure(
