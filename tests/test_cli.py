@@ -40,7 +40,7 @@ def test_help_of_every_command_shows_no_bool_metavar(capsys):
         out = capsys.readouterr().out
         assert "<bool>" not in out, args
     assert _run(app, ["bench", "paper", "--help"]) == 0
-    assert "<quick|full>" in capsys.readouterr().out
+    assert "<quick|paper-cpu|full>" in capsys.readouterr().out
 
 
 def test_choices_are_checked_by_the_parser(capsys):
