@@ -175,13 +175,16 @@ def missing_members(device: Any, kind: DeviceKind) -> list[str]:
     return sorted(n for n in names if not hasattr(device, n))
 
 
-def open_device(kind: DeviceKind, section: Any, rig: Any = None) -> Any:
+def open_device(kind: DeviceKind, section: Any, rig: Any = None, **wiring: Any) -> Any:
     """Build the device of ``kind`` described by the rig config ``section`` (not yet opened).
+
+    ``wiring``: keyword arguments passed on to the factory (the rig seam hands the shared virtual
+    bench to the simulated devices as ``bench=``; :func:`dmicro_hw.rig.open_rig`).
 
     ConfigError naming the backend and what it lacks when the object does not implement the
     Protocol of ``kind`` (the pipeline calls every declared member without guessing).
     """
-    device = get_factory(kind, section.backend)(section, rig)
+    device = get_factory(kind, section.backend)(section, rig, **wiring)
     missing = missing_members(device, kind)
     if missing:
         raise ConfigError(

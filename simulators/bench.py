@@ -582,34 +582,6 @@ def reveal_mismatch_for_scoring(bench: VirtualBench) -> Mismatch:
     return Mismatch.from_dict(m.to_dict())
 
 
-# ---------------------------------------------------------------------- per-rig shared bench
-_BENCHES: OrderedDict[int, tuple[Any, VirtualBench]] = OrderedDict()
-_BENCHES_MAX = 32
-_BENCHES_LOCK = threading.Lock()
-
-
-def get_bench(rig: RigConfig, **kwargs: Any) -> VirtualBench:
-    """The one VirtualBench of ``rig`` (same config object → same bench), so that the simulated
-    SLM and camera of a rig share their optics. Keyed by ``id(rig)``; the rig is kept alive by
-    the registry so the id cannot be reused while the entry exists (at most 32 rigs are kept)."""
-    with _BENCHES_LOCK:
-        entry = _BENCHES.get(id(rig))
-        if entry is not None and entry[0] is rig:
-            _BENCHES.move_to_end(id(rig))
-            return entry[1]
-        bench = VirtualBench.from_rig(rig, **kwargs)
-        _BENCHES[id(rig)] = (rig, bench)
-        while len(_BENCHES) > _BENCHES_MAX:
-            _BENCHES.popitem(last=False)
-        return bench
-
-
-def release_bench(rig: RigConfig) -> None:
-    """Forget the shared bench of ``rig`` (a later get_bench builds a fresh one)."""
-    with _BENCHES_LOCK:
-        _BENCHES.pop(id(rig), None)
-
-
 def bench_of(device: Any) -> VirtualBench:
     """The VirtualBench behind a simulated device (SimSLM/SimCamera): for scoring and tests."""
     bench = getattr(device, "_bench", None)

@@ -42,7 +42,7 @@ from dmicro_hw.config import CameraDeviceConfig, FaultsConfig, RigConfig
 from dmicro_hw.drivers.base import Frame
 from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, UNPACKED_FORMATS
 from dmicro_hw.errors import ConfigError, DeviceError
-from dmicro_hw.simulators.bench import VirtualBench, get_bench
+from dmicro_hw.simulators.bench import VirtualBench
 from dmicro_hw.simulators.faults import DeviceDisconnected, FaultInjector
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,18 @@ class SimCamera:
         self._unsubscribe: Any = None
 
     @classmethod
-    def from_config(cls, section: CameraDeviceConfig, rig: RigConfig | None = None) -> SimCamera:
-        """Registry factory: the camera of ``rig`` on the rig's shared bench."""
+    def from_config(
+        cls,
+        section: CameraDeviceConfig,
+        rig: RigConfig | None = None,
+        bench: VirtualBench | None = None,
+    ) -> SimCamera:
+        """Registry factory: the camera of ``rig`` imaging ``bench`` (the rig's shared bench, from
+        :func:`dmicro_hw.rig.open_rig`; default a private one built from ``rig``)."""
         rig = rig if rig is not None else RigConfig(camera=section)
         return cls(
             section,
-            get_bench(rig),
+            bench if bench is not None else VirtualBench.from_rig(rig),
             frame_rate_hz=section.frame_rate_hz or rig.bench.frame_rate_hz,
             latency_s=rig.bench.latency_s,
             faults=rig.bench.faults,

@@ -6,7 +6,8 @@ through the same conversion as the real display SLMs (:mod:`dmicro_hw.drivers.sl
 bench is told what is displayed and when, so frames captured during ``settle_time_s`` after a
 change see the previous pattern and then a blend (see :meth:`VirtualBench._state_at`).
 
-The SLM and the camera of one rig share the same bench (:func:`~.bench.get_bench`).
+The SLM and the camera of one rig share the bench that :func:`dmicro_hw.rig.open_rig` builds and
+hands to both (``bench=``); an SLM built alone has a private bench.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from dmicro_hw.config import RigConfig, SLMDeviceConfig
 from dmicro_hw.drivers.slm_pixels import load_lut, phase_to_grey, to_grey
 from dmicro_hw.errors import ConfigError, DeviceError
-from dmicro_hw.simulators.bench import VirtualBench, get_bench
+from dmicro_hw.simulators.bench import VirtualBench
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,17 @@ class SimSLM:
         self.shown_count = 0
 
     @classmethod
-    def from_config(cls, section: SLMDeviceConfig, rig: RigConfig | None = None) -> SimSLM:
-        """Registry factory: the SLM of ``rig`` on the rig's shared bench."""
-        rig = rig if rig is not None else RigConfig(slm=section)
-        return cls(section, get_bench(rig))
+    def from_config(
+        cls,
+        section: SLMDeviceConfig,
+        rig: RigConfig | None = None,
+        bench: VirtualBench | None = None,
+    ) -> SimSLM:
+        """Registry factory: the SLM of ``rig`` displaying onto ``bench`` (the rig's shared bench,
+        from :func:`dmicro_hw.rig.open_rig`; default a private one built from ``rig``)."""
+        if bench is None:
+            bench = VirtualBench.from_rig(rig if rig is not None else RigConfig(slm=section))
+        return cls(section, bench)
 
     # ------------------------------------------------------------------ protocol
     def to_grey(self, pattern: np.ndarray) -> np.ndarray:
