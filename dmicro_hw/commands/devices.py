@@ -258,9 +258,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         from dmicro_hw.config import CameraDeviceConfig
         from dmicro_hw.drivers.genicam_camera import GenICamCamera, bundled_producers
-        from dmicro_hw.drivers.serial_trigger import SerialTrigger
+        from dmicro_hw.evaluation.device_bench import trigger_round_trip
         from dmicro_hw.progress import make_console
-        from dmicro_hw.simulators.sim_trigger import TriggerFirmware
 
         console = make_console()
         rows: list[tuple[str, str, str]] = []
@@ -336,39 +335,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 proc.wait(5)
         result["screen_slm"] = slm
 
-        with TriggerFirmware() as fw, SerialTrigger(fw.port, timeout_s=1.0) as trig:
-            rtt = []
-            for _ in range(300):
-                t0 = time.perf_counter()
-                trig.status()
-                rtt.append(time.perf_counter() - t0)
-            late: list[float] = []
-            fw.on_pulse(lambda i, t: late.append(time.monotonic() - t))
-            trig.arm(1000.0, 500)
-            trig.fire()
-            while trig.status()["running"]:
-                time.sleep(0.01)
-        rtt_ms = np.array(rtt) * 1e3
-        late_ms = np.array(late) * 1e3
-        result["trigger"] = {
-            "rtt_ms_p50": float(np.median(rtt_ms)),
-            "rtt_ms_p99": float(np.percentile(rtt_ms, 99)),
-            "pulses": len(late),
-            "pulse_late_ms_p50": float(np.median(late_ms)),
-            "pulse_late_ms_p99": float(np.percentile(late_ms, 99)),
-        }
+        with console.status("serial trigger round trip (pty) …"):
+            trig = trigger_round_trip()
+        result["trigger"] = trig
         rows.append(
             (
                 "serial trigger STATUS round trip (pty)",
-                f"{np.median(rtt_ms):.3f} ms median",
-                f"p99 {np.percentile(rtt_ms, 99):.3f} ms",
+                f"{trig['rtt_ms_p50']:.3f} ms median",
+                f"p99 {trig['rtt_ms_p99']:.3f} ms",
             )
         )
         rows.append(
             (
                 "sim trigger pulse lateness at 1 kHz",
-                f"{np.median(late_ms):.2f} ms median",
-                f"p99 {np.percentile(late_ms, 99):.2f} ms, {len(late)} pulses (counts exact)",
+                f"{trig['pulse_late_ms_p50']:.2f} ms median",
+                f"p99 {trig['pulse_late_ms_p99']:.2f} ms, {trig['pulses']} pulses (counts exact)",
             )
         )
 
