@@ -56,13 +56,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dmicro_hw.drivers.base import Frame
+from dmicro_hw.drivers.camera_base import CameraBase
 from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, format_bits
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
@@ -171,10 +171,17 @@ def _as_image(raw: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ the driver
-class GenICamCamera:
-    """A GenICam camera behind a GenTL producer (see the module doc for the config mapping)."""
+class GenICamCamera(CameraBase):
+    """A GenICam camera behind a GenTL producer (see the module doc for the config mapping).
+
+    The generic lifecycle (open/start/stop/close, frames iteration, trigger-mode checks) is
+    :class:`~dmicro_hw.drivers.camera_base.CameraBase`'s; this class fills its ``_hw_*`` hooks.
+    """
+
+    backend = "genicam"
 
     def __init__(self, section: Any, rig: Any = None) -> None:
+        super().__init__()
         self.cfg = section
         opts = dict(section.options or {})
         unknown = sorted(set(opts) - _OPTIONS)
@@ -194,6 +201,7 @@ class GenICamCamera:
         self.auto_recover = bool(opts.get("auto_recover", True))
         acq = getattr(rig, "acquisition", None)
         self.triggered = getattr(acq, "mode", "free-run") == "triggered"
+        self.trigger_mode = "triggered" if self.triggered else "free-run"
         self.fetch_timeout_s = float(section.fetch_timeout_s)
 
         self.producers: list[Path] = []
@@ -212,8 +220,6 @@ class GenICamCamera:
         self._harvester: Any = None
         self._ia: Any = None
         self._node_names: set[str] = set()
-        self._acquiring = False
-        self._stop_requested = False
         self._lock = threading.RLock()  # held while fetching: stop() from another thread waits
         self._last_id = 0  # last frame id handed out (kept increasing across restarts)
         self._session_base: int | None = None
@@ -237,10 +243,8 @@ class GenICamCamera:
             )
         return [check_producer(p) for p in found]
 
-    def open(self) -> GenICamCamera:
+    def _hw_open(self) -> None:
         """Load the producer, open the device and write the configured nodes (not streaming)."""
-        if self._ia is not None:
-            return self
         from dmicro_hw.extras import require
 
         require("harvesters.core", "camera.backend: genicam")
@@ -289,7 +293,6 @@ class GenICamCamera:
             self.height,
             self.producers[0],
         )
-        return self
 
     def _pick(self, infos: list[Any]) -> Any:
         want = self.cfg.device
@@ -400,7 +403,7 @@ class GenICamCamera:
             self._set(str(name), value, f"camera.options.nodes.{name}")
         self._read_back()
 
-    def set_trigger_mode(self, mode: str) -> None:
+    def _hw_set_trigger_mode(self, mode: str) -> None:
         """``"triggered"``: TriggerSelector = FrameStart (when present), TriggerMode = On,
         TriggerSource = ``options.trigger_source``; ``"free-run"``: TriggerMode = Off.
 
@@ -409,14 +412,6 @@ class GenICamCamera:
         without TriggerMode/TriggerSource is asked to run triggered: it would free-run while the
         trigger box pulses.
         """
-        from dmicro_hw.drivers.base import TRIGGER_MODES
-
-        if mode not in TRIGGER_MODES:
-            raise ConfigError(f"trigger mode must be 'free-run' or 'triggered', got {mode!r}")
-        if self._acquiring:
-            raise DeviceError(
-                f"camera {self.device.get('id')}: stop() before changing the trigger mode"
-            )
         self.triggered = mode == "triggered"
         if self._ia is not None:
             self._write_trigger_nodes()
@@ -441,10 +436,6 @@ class GenICamCamera:
         self._set("TriggerMode", "On", "acquisition.mode")
         self._set("TriggerSource", self.trigger_source, "camera.options.trigger_source")
 
-    def attach_trigger(self, trigger: Any) -> None:
-        """Nothing to connect in software: trigger pulses reach the camera on its input line
-        (``options.trigger_source``)."""
-
     def _read_back(self) -> None:
         def val(name: str, default: Any) -> Any:
             if name not in self._node_names:
@@ -464,25 +455,19 @@ class GenICamCamera:
             self.exposure_s = float(self.exposure_s) * 1e-6
 
     # ---------------------------------------------------------------- streaming
-    def start(self) -> None:
-        """Start acquisition (opens the camera first if needed)."""
-        if self._ia is None:
-            self.open()
-        if self._acquiring:
-            return
+    def _hw_start(self) -> None:
+        """Start acquisition (hardware trigger pulses reach the camera on its input line,
+        ``options.trigger_source``: nothing to attach in software)."""
         self._ia.start()
-        self._acquiring = True
-        self._stop_requested = False
         self._session_base = None
         self._prev_device_id = None
 
-    def stop(self) -> None:
-        """Stop acquisition (idempotent; buffers are flushed, nodes unlock).
+    def _hw_stop(self) -> None:
+        """Stop acquisition (buffers are flushed, nodes unlock).
 
         Safe to call from another thread: it waits for a fetch in progress (at most
         ``fetch_timeout_s``) and :meth:`frames` then ends.
         """
-        self._stop_requested = True
         with self._lock:
             if self._ia is not None and self._acquiring:
                 try:
@@ -491,18 +476,15 @@ class GenICamCamera:
                     log.warning("camera: stop failed", exc_info=True)
             self._acquiring = False
 
-    def frames(self, max_frames: int | None = None) -> Iterator[Frame]:
-        """Yield frames until ``max_frames`` or :meth:`stop` (starts acquisition if needed)."""
-        if not self._acquiring:
-            self.start()
-        n = 0
+    def _hw_frame(self) -> Frame | None:
+        """The next frame; a broken stream (anything but a timeout) gets one full reset."""
         failures = 0
-        while (max_frames is None or n < max_frames) and not self._stop_requested:
+        while True:
             try:
                 with self._lock:
                     if self._stop_requested or not self._acquiring:
-                        break
-                    frame = self._fetch_one()
+                        return None
+                    return self._fetch_one()
             except DeviceError:
                 raise
             except Exception as e:  # the stream broke (disconnect, producer error)
@@ -515,10 +497,6 @@ class GenICamCamera:
                 log.warning("camera stream failed (%s: %s); full reset", type(e).__name__, e)
                 self.reset()
                 self.start()
-                continue
-            failures = 0
-            n += 1
-            yield frame
 
     def _fetch_one(self) -> Frame:
         from genicam.gentl import TimeoutException
@@ -608,7 +586,7 @@ class GenICamCamera:
         """Full recovery: destroy the acquirer, reset the Harvester, reopen and reconfigure."""
         self.recoveries += 1
         self._teardown()
-        self.open()
+        self._hw_open()
 
     def _teardown(self) -> None:
         ia, h = self._ia, self._harvester
@@ -630,16 +608,14 @@ class GenICamCamera:
             except Exception:
                 log.debug("camera: harvester reset failed", exc_info=True)
 
-    def close(self) -> None:
-        """Stop acquisition and release device and producer. Idempotent."""
-        self.stop()
+    def _hw_close(self) -> None:
+        """Release device and producer."""
         with self._lock:
             self._teardown()
 
-    def info(self) -> dict[str, Any]:
+    def _hw_info(self) -> dict[str, Any]:
         """What is open and how it is configured (for run metadata and ``dmicro devices check``)."""
         return {
-            "backend": "genicam",
             "producers": [str(p) for p in self.producers],
             "device": self.device,
             "pixel_format": self.pixel_format,
@@ -657,12 +633,6 @@ class GenICamCamera:
             "recoveries": self.recoveries,
             "fetch_timeout_s": self.fetch_timeout_s,
         }
-
-    def __enter__(self) -> GenICamCamera:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:  # last resort; close() is the contract
         try:
