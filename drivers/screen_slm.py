@@ -52,11 +52,11 @@ from typing import Any
 
 import numpy as np
 
+from dmicro_hw.drivers.slm_base import SLMBase
 from dmicro_hw.drivers.slm_pixels import (
     display_slm_kwargs,
     from_display_rgb,
     to_display,
-    to_grey,
 )
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
@@ -155,12 +155,16 @@ def _split_display(display: str) -> tuple[str, int | None]:
 
 
 # ------------------------------------------------------------------------------------ the driver
-class ScreenSLM:
+class ScreenSLM(SLMBase):
     """A phase SLM shown as a borderless window; see the module doc for placement and bit depths.
 
     ``shape`` is (rows, cols) in SLM pixels; ``lut`` (optional) the phase in radians of each grey
-    level. The window opens on :meth:`open` / ``with`` (or the first :meth:`show`).
+    level. The window opens on :meth:`open` / ``with`` (or the first :meth:`show`). The generic
+    part (show/blank/close, state checks) is :class:`~dmicro_hw.drivers.slm_base.SLMBase`'s.
     """
+
+    backend = "screen"
+    BLANK_ON_OPEN = False  # the window is created blank and checked while being placed
 
     _OPTIONS = {
         "position",
@@ -190,12 +194,7 @@ class ScreenSLM:
         placement_timeout_s: float = 2.0,
         confirm: bool | None = None,
     ) -> None:
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.pitch_m = float(pitch_m)
-        self.bit_depth = int(bit_depth)
-        self.settle_time_s = float(settle_time_s)
-        self.phase_range_rad = float(phase_range_rad)
-        self.lut = lut
+        super().__init__(shape, pitch_m, bit_depth, settle_time_s, phase_range_rad, lut)
         self.display = display
         self.monitor = int(monitor)
         self.position = None if position is None else (int(position[0]), int(position[1]))
@@ -216,13 +215,10 @@ class ScreenSLM:
         self._confirm_opt = confirm
         self.confirm = False  # decided in open(): default on when the window is on an X display
         self.last_confirm_s = float("nan")
-        self.pattern_id = ""
-        self.shown_at = 0.0
         self.rect: tuple[int, int, int, int] | None = None
         self.x_display: str | None = None
         self._grey: np.ndarray | None = None
-        self._open = False
-        self._closed = False
+        self._open = False  # the window exists
 
     @classmethod
     def from_config(cls, section: Any, rig: Any = None) -> ScreenSLM:
@@ -285,11 +281,9 @@ class ScreenSLM:
                 return disp, origin, (x + w, y + h)
         return disp, origin, size
 
-    def open(self) -> ScreenSLM:
+    def _hw_open(self) -> None:
         """Create the window, place it, blank it and verify it is pixel-exact."""
         global _GUI_DISPLAY
-        if self._open:
-            return self
         from dmicro_hw.extras import require
 
         require("cv2", "slm.backend: screen")
@@ -341,7 +335,6 @@ class ScreenSLM:
         self.verify = verify
         self.confirm = can_grab if self._confirm_opt is None else self._confirm_opt
         log.info("SLM window %r on %s at %s", self.window_name, disp, self.rect)
-        return self
 
     def _create_and_place(self, origin: tuple[int, int]) -> None:
         """Create the window, show blank, move it to ``origin``; DeviceError if not pixel-exact."""
@@ -446,15 +439,6 @@ class ScreenSLM:
             raise DeviceError(f"slm: screenshot check failed: {what}") from None
 
     # ---------------------------------------------------------------- showing
-    def _blank_grey(self) -> np.ndarray:
-        return to_grey(
-            np.zeros(self.shape, np.float64),
-            self.shape,
-            self.bit_depth,
-            self.phase_range_rad,
-            self.lut,
-        )
-
     def _draw(self, grey: np.ndarray) -> None:
         import cv2
 
@@ -484,16 +468,10 @@ class ScreenSLM:
         if self._open:
             self._pump(seconds, min_iterations=1)
 
-    def show(self, pattern: np.ndarray, pattern_id: str = "") -> None:
-        """Display ``pattern`` (grey levels or radians, shape ``self.shape``) and wait the settle
-        time; afterwards ``pattern_id``/``shown_at`` describe what is on the SLM."""
-        if not self._open:
-            if self._closed:
-                raise DeviceError("slm: show() after close()")
-            self.open()
-        grey = to_grey(pattern, self.shape, self.bit_depth, self.phase_range_rad, self.lut)
-        t0 = time.monotonic()
+    def _hw_write(self, grey: np.ndarray, pattern_id: str) -> None:
         self._draw(grey)
+
+    def _hw_settle(self, grey: np.ndarray, t0: float) -> None:
         if self.confirm:
             # wait until the X server has the new pattern, then let the liquid crystal settle
             self.last_confirm_s = self._confirm(grey, self.placement_timeout_s)
@@ -502,23 +480,10 @@ class ScreenSLM:
             # a few event-loop turns even with no settle time: Qt paints and flushes to the X
             # server from its event loop, so without them the pattern may never reach the screen
             self._pump(self.settle_time_s - (time.monotonic() - t0), min_iterations=3)
-        self.pattern_id = pattern_id
-        self.shown_at = time.time()
 
-    def blank(self) -> None:
-        """Show zero phase (the safe state)."""
-        self.show(np.zeros(self.shape, np.float64), pattern_id="blank")
-
-    def close(self) -> None:
-        """Blank the SLM and remove the window. Idempotent."""
-        if self._open:
-            try:
-                self._draw(self._blank_grey())
-                self.pattern_id = "blank"
-            except Exception:
-                log.warning("slm: could not blank before closing", exc_info=True)
-            self._destroy()
-        self._closed = True
+    def _hw_close(self) -> None:
+        """Remove the window (the base blanked it)."""
+        self._destroy()
 
     def _destroy(self) -> None:
         import cv2
@@ -531,20 +496,10 @@ class ScreenSLM:
         _OPEN_WINDOWS.discard(self.window_name)
         self._open = False
 
-    def info(self) -> dict[str, Any]:
+    def _hw_info(self) -> dict[str, Any]:
         return {
-            "backend": "screen",
             "display": self.x_display,
             "rect": self.rect,
-            "shape": self.shape,
-            "bit_depth": self.bit_depth,
             "high_bit_mode": self.high_bit_mode if self.bit_depth > 8 else None,
-            "settle_time_s": self.settle_time_s,
             "lut": self.lut is not None,
         }
-
-    def __enter__(self) -> ScreenSLM:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
