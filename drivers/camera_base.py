@@ -9,7 +9,7 @@ here:
   that :meth:`info` reports); ``close()`` → ``stop()`` then ``_hw_close()`` once —
   idempotent, also when never opened, also after an error;
 * ``start()`` → ``_hw_start()`` once per streaming session (a no-op while streaming); ``stop()``
-  → ``_hw_stop()`` (safe when not streaming; may come from another thread and ends ``frames()``);
+  → ``_hw_stop()`` while streaming (may come from another thread; ends ``frames()``);
 * ``frames(max_frames)`` starts streaming if needed and yields what ``_hw_frames()`` delivers
   (by default ``_hw_frame()`` until it returns ``None``) until ``max_frames`` or ``stop()``;
 * ``set_trigger_mode(mode)`` validates the mode, refuses while streaming and calls
@@ -64,14 +64,14 @@ class CameraBase:
         raise NotImplementedError(f"{type(self).__name__}._hw_start: start acquisition here")
 
     def _hw_stop(self) -> None:
-        """VENDOR: stop streaming; safe to call when not streaming and from another thread."""
+        """VENDOR: stop streaming (called while streaming; may come from another thread)."""
         raise NotImplementedError(f"{type(self).__name__}._hw_stop: stop acquisition here")
 
-    def _hw_set_trigger_mode(self, mode: str) -> None:
-        """VENDOR: switch hardware triggering for ``mode`` (``"free-run"``/``"triggered"``),
-        not streaming; raise DeviceError when the device cannot. Until overridden the camera
-        free-runs and refuses ``triggered``."""
-        if mode == "triggered":
+    def _hw_set_trigger_mode(self, triggered: bool) -> None:
+        """VENDOR: switch hardware triggering on (frame start on the trigger input) or off
+        (free-run), not streaming; raise DeviceError when the device cannot. Until overridden
+        the camera free-runs and refuses ``triggered``."""
+        if triggered:
             raise DeviceError(
                 f"acquisition.mode: camera {type(self).__name__} implements no hardware trigger "
                 "(_hw_set_trigger_mode); run --mode free-run"
@@ -133,7 +133,8 @@ class CameraBase:
     def stop(self) -> None:
         """Stop streaming (idempotent); a running :meth:`frames` loop ends."""
         self._stop_requested = True
-        self._hw_stop()
+        if self._acquiring:
+            self._hw_stop()
         self._acquiring = False
 
     def close(self) -> None:
@@ -152,7 +153,7 @@ class CameraBase:
             raise ConfigError(f"trigger mode must be 'free-run' or 'triggered', got {mode!r}")
         if self._acquiring:
             raise DeviceError(f"camera ({self.backend}): stop() before changing the trigger mode")
-        self._hw_set_trigger_mode(mode)
+        self._hw_set_trigger_mode(mode == "triggered")
         self.trigger_mode = mode
 
     def attach_trigger(self, trigger: Any) -> None:

@@ -403,7 +403,7 @@ class GenICamCamera(CameraBase):
             self._set(str(name), value, f"camera.options.nodes.{name}")
         self._read_back()
 
-    def _hw_set_trigger_mode(self, mode: str) -> None:
+    def _hw_set_trigger_mode(self, triggered: bool) -> None:
         """``"triggered"``: TriggerSelector = FrameStart (when present), TriggerMode = On,
         TriggerSource = ``options.trigger_source``; ``"free-run"``: TriggerMode = Off.
 
@@ -412,7 +412,7 @@ class GenICamCamera(CameraBase):
         without TriggerMode/TriggerSource is asked to run triggered: it would free-run while the
         trigger box pulses.
         """
-        self.triggered = mode == "triggered"
+        self.triggered = triggered
         if self._ia is not None:
             self._write_trigger_nodes()
 

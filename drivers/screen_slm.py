@@ -468,7 +468,7 @@ class ScreenSLM(SLMBase):
         if self._open:
             self._pump(seconds, min_iterations=1)
 
-    def _hw_write(self, grey: np.ndarray, pattern_id: str) -> None:
+    def _hw_write(self, grey: np.ndarray) -> None:
         self._draw(grey)
 
     def _hw_settle(self, grey: np.ndarray, t0: float) -> None:

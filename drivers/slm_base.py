@@ -9,7 +9,7 @@ the pipeline calls (:class:`~dmicro_hw.drivers.base.SLM`) is here:
   ``pattern_id == "blank"``;
 * ``show(pattern, pattern_id)``: grey levels or radians through the one phase → grey mapping
   (:func:`~dmicro_hw.drivers.slm_pixels.to_grey`: wrap, LUT, quantise; FrameShapeError on a
-  wrong shape or non-finite phase), ``_hw_write(grey, pattern_id)``, then ``_hw_settle`` (default:
+  wrong shape or non-finite phase), ``_hw_write(grey)``, then ``_hw_settle`` (default:
   sleep ``settle_time_s``); opens on first use, DeviceError after ``close()``;
 * ``blank()`` shows zero phase (the safe state; a no-op once closed, close left it blank);
 * ``close()`` blanks (best effort) and ``_hw_close()`` once — idempotent;
@@ -62,6 +62,7 @@ class SLMBase:
         self.lut = lut
         self.pattern_id = ""
         self.shown_at = 0.0
+        self._showing_id = ""
         self._opened = False
         self._closed = False
 
@@ -71,10 +72,11 @@ class SLMBase:
         against ``slm.pixels``, or None when the hook checked the size itself."""
         raise NotImplementedError(f"{type(self).__name__}._hw_open: open the SLM here")
 
-    def _hw_write(self, grey: np.ndarray, pattern_id: str) -> str | None:
+    def _hw_write(self, grey: np.ndarray) -> str | None:
         """VENDOR: put ``grey`` ((rows, cols) uint8, or uint16 above 8 bits) on the SLM and
-        return when the device has accepted it; may return the id of what is shown (used when
-        the caller gave none)."""
+        return when the device has accepted it (the settle time is waited for you); may return
+        an id of what is shown (used when the caller gave none). ``self._showing_id`` is the id
+        the caller gave."""
         raise NotImplementedError(f"{type(self).__name__}._hw_write: send the grey levels here")
 
     def _hw_settle(self, grey: np.ndarray, t0: float) -> None:
@@ -101,6 +103,10 @@ class SLMBase:
         )
 
     # ------------------------------------------------------------------ generic part
+    def _write(self, grey: np.ndarray, pattern_id: str) -> str | None:
+        self._showing_id = pattern_id
+        return self._hw_write(grey)
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -119,7 +125,7 @@ class SLMBase:
                     )
             self._opened, self._closed = True, False
             if self.BLANK_ON_OPEN:
-                self._hw_write(self._blank_grey(), "blank")
+                self._write(self._blank_grey(), "blank")
             self.pattern_id = "blank"
         return self
 
@@ -138,7 +144,7 @@ class SLMBase:
             self.open()
         grey = self.to_grey(pattern)
         t0 = time.monotonic()
-        shown = self._hw_write(grey, pattern_id)
+        shown = self._write(grey, pattern_id)
         self._hw_settle(grey, t0)
         self.pattern_id = pattern_id or shown or ""
         self.shown_at = time.time()
@@ -153,7 +159,7 @@ class SLMBase:
         """Blank (best effort), then release. Idempotent."""
         if self._opened:
             try:
-                self._hw_write(self._blank_grey(), "blank")
+                self._write(self._blank_grey(), "blank")
                 self.pattern_id = "blank"
             except Exception:
                 log.warning("slm: could not blank before closing", exc_info=True)

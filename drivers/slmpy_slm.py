@@ -128,7 +128,7 @@ class SlmpySLM(SLMBase):
             )
         self._disp = disp
 
-    def _hw_write(self, grey: np.ndarray, pattern_id: str) -> None:
+    def _hw_write(self, grey: np.ndarray) -> None:
         img = to_display(grey, self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
         rgb = img[..., ::-1] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1)
         self._disp.updateArray(np.ascontiguousarray(rgb, dtype=np.uint8).view(_RGB), sleep=0.0)

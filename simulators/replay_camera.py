@@ -321,7 +321,7 @@ class ReplayCamera(CameraBase):
         )
 
     # ------------------------------------------------------------------ trigger
-    def _hw_set_trigger_mode(self, mode: str) -> None:
+    def _hw_set_trigger_mode(self, triggered: bool) -> None:
         """Recorded in :meth:`info`; a recording has no trigger input, so frames come at the
         recorded (or configured) pace in either mode."""
 

@@ -189,7 +189,7 @@ class SimCamera(CameraBase):
             raise ConfigError(f"camera.frame_rate_hz: must be in (0, 100000], got {frame_rate_hz}")
         self.frame_rate_hz = float(frame_rate_hz)
 
-    def _hw_set_trigger_mode(self, mode: str) -> None:
+    def _hw_set_trigger_mode(self, triggered: bool) -> None:
         """Free-run paced/unpaced, or one frame per :meth:`trigger_pulse`."""
 
     # ------------------------------------------------------------------ lifecycle hooks

@@ -77,9 +77,10 @@ class SimSLM(SLMBase):
     def _hw_open(self) -> None:
         """Nothing to open: the bench is there."""
 
-    def _hw_write(self, grey: np.ndarray, pattern_id: str) -> str:
+    def _hw_write(self, grey: np.ndarray) -> str:
         """Tell the bench what is displayed from now on (frames captured during the next
         ``settle_time_s`` see the transition); returns the pattern's content key."""
+        pattern_id = self._showing_id
         key = self._bench.display(grey, pattern_id, self.settle_time_s)
         if pattern_id != "blank":
             self.shown_count += 1
@@ -100,7 +101,7 @@ class SimSLM(SLMBase):
         """Display grey level 0 everywhere (zero phase: the safe state)."""
         if self._closed:
             return
-        self._hw_write(self._blank_grey(), "blank")
+        self._write(self._blank_grey(), "blank")
         self.pattern_id = "blank"
 
     def _hw_info(self) -> dict[str, Any]:
