@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from dmicro_hw.errors import ConfigError
+from dmicro_hw.errors import ConfigError, DeviceError
 
 DeviceKind = Literal["slm", "camera", "trigger"]
 
@@ -205,6 +205,11 @@ class NullTrigger:
         return cls()
 
     def arm(self, rate_hz: float, count: int) -> None:
+        """Accept the same train as a real box (rate_hz > 0, count ≥ 0); nothing pulses."""
+        if not float(rate_hz) > 0 or int(count) < 0:
+            raise DeviceError(
+                f"trigger (none): arm needs rate_hz > 0 and count >= 0 (got {rate_hz}, {count})"
+            )
         self._armed = True
 
     def fire(self) -> None:
