@@ -21,7 +21,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from dmicro_hw.errors import ConfigError, DeviceError
+from dmicro_hw.drivers.trigger_base import TriggerBase
+from dmicro_hw.errors import ConfigError
 
 DeviceKind = Literal["slm", "camera", "trigger"]
 
@@ -194,38 +195,34 @@ def open_device(kind: DeviceKind, section: Any, rig: Any = None, **wiring: Any) 
     return device
 
 
-class NullTrigger:
-    """Free-run: no trigger hardware. All calls are no-ops; counters stay zero."""
+class NullTrigger(TriggerBase):
+    """Free-run: no trigger hardware. Arming is checked and recorded; nothing pulses, counters
+    stay zero."""
+
+    backend = "none"
 
     def __init__(self) -> None:
+        super().__init__()
         self._armed = False
 
     @classmethod
     def from_config(cls, section: Any = None, rig: Any = None) -> NullTrigger:
         return cls()
 
-    def arm(self, rate_hz: float, count: int) -> None:
-        """Accept the same train as a real box (rate_hz > 0, count ≥ 0); nothing pulses."""
-        if not float(rate_hz) > 0 or int(count) < 0:
-            raise DeviceError(
-                f"trigger (none): arm needs rate_hz > 0 and count >= 0 (got {rate_hz}, {count})"
-            )
-        self._armed = True
-
-    def fire(self) -> None:
+    def _hw_open(self) -> None:
         pass
 
-    def status(self) -> dict[str, Any]:
+    def _hw_arm(self, rate_hz: float, count: int) -> None:
+        self._armed = True
+
+    def _hw_fire(self) -> None:
+        pass
+
+    def _hw_status(self) -> dict[str, Any]:
         return {"armed": self._armed, "fired": 0, "remaining": 0}
 
-    def disarm(self) -> None:
+    def _hw_disarm(self) -> None:
         self._armed = False
 
-    def close(self) -> None:
+    def _hw_close(self) -> None:
         self._armed = False
-
-    def __enter__(self) -> NullTrigger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
