@@ -53,7 +53,6 @@ on demand, and ``close(); open()`` always starts from a fresh Harvester.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -63,85 +62,21 @@ import numpy as np
 
 from dmicro_hw.drivers.base import Frame
 from dmicro_hw.drivers.camera_base import CameraBase
+from dmicro_hw.drivers.gentl import (  # noqa: F401 - discovery lives in gentl.py; re-exported
+    GENTL_SYMBOLS,
+    _hv_log,
+    _label,
+    bundled_producers,
+    check_producer,
+    describe_device,
+    gentl_path_producers,
+)
 from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, format_bits
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)
-_hv_log = logging.getLogger(__name__ + ".harvesters")
 
 _OPTIONS = {"justify", "gain", "trigger_source", "nodes", "num_buffers", "auto_recover"}
-
-
-# ------------------------------------------------------------------------------ producers
-def gentl_path_producers(env: str | None = None) -> list[Path]:
-    """``*.cti`` files named by ``GENICAM_GENTL64_PATH`` (folders or files, ``os.pathsep`` list)."""
-    value = os.environ.get("GENICAM_GENTL64_PATH", "") if env is None else env
-    out: list[Path] = []
-    for entry in filter(None, value.split(os.pathsep)):
-        p = Path(entry)
-        if p.is_dir():
-            out.extend(sorted(p.glob("*.cti")))
-        elif p.is_file() and p.suffix == ".cti":
-            out.append(p)
-    return out
-
-
-def bundled_producers() -> list[Path]:
-    """GenTL producers shipped inside the ``genicam`` wheel (the viky test camera)."""
-    try:
-        import genicam
-    except ImportError:
-        return []
-    return sorted(Path(genicam.__file__).parent.glob("*.cti"))
-
-
-#: functions every GenTL producer exports (GenTL standard, "GenTL C interface")
-GENTL_SYMBOLS = ("GCInitLib", "GCCloseLib", "TLOpen", "TLClose")
-
-
-def check_producer(path: Path | str) -> Path:
-    """Check that ``path`` is a GenTL producer for this machine *without loading it*: its ELF
-    dynamic symbol table must export the GenTL entry points (:data:`GENTL_SYMBOLS`). A refused
-    file never runs (no constructor of it executes). DeviceError naming the path otherwise."""
-    import platform
-
-    from dmicro_hw.drivers.elf_symbols import ElfError, exported_functions
-
-    p = Path(path)
-    if not p.is_file():
-        raise DeviceError(f"camera.cti: GenTL producer not found: {p}")
-    try:
-        names, machine = exported_functions(p)
-    except (ElfError, OSError) as e:
-        raise DeviceError(f"camera.cti: {p} is not a loadable GenTL producer ({e})") from None
-    here = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
-        platform.machine().lower()
-    )
-    if here and machine != here:
-        raise DeviceError(f"camera.cti: {p} is built for {machine}, this machine is {here}")
-    missing = [s for s in GENTL_SYMBOLS if s not in names]
-    if missing:
-        raise DeviceError(f"camera.cti: {p} is not a GenTL producer (no {', '.join(missing)})")
-    return p
-
-
-def _safe(obj: Any, attr: str) -> Any:
-    try:
-        return getattr(obj, attr)
-    except Exception:  # GenTL raises when a producer does not implement an info query
-        return None
-
-
-def describe_device(info: Any) -> dict[str, Any]:
-    """Plain dict of a harvesters DeviceInfo (id, serial, model, vendor, names, tl type)."""
-    keys = ("id_", "serial_number", "model", "vendor", "user_defined_name", "display_name")
-    d = {k.rstrip("_"): _safe(info, k) for k in keys}
-    d["tl_type"] = _safe(info, "tl_type")
-    return d
-
-
-def _label(d: dict[str, Any]) -> str:
-    return f"{d['id']} (serial {d['serial_number']}, model {d['model']})"
 
 
 # ------------------------------------------------------------------------------ pixel data

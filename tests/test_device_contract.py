@@ -47,7 +47,7 @@ def small_sim_rig() -> RigConfig:
 
 def _viky() -> Path | None:
     try:
-        from dmicro_hw.drivers.genicam_camera import bundled_producers
+        from dmicro_hw.drivers.gentl import bundled_producers
     except ImportError:
         return None
     return next((p for p in bundled_producers() if p.name == "viky.cti"), None)

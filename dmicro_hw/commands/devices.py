@@ -31,7 +31,7 @@ KINDS = ("slm", "camera", "trigger")
 
 
 def _producers() -> list[tuple[Path, str]]:
-    from dmicro_hw.drivers.genicam_camera import bundled_producers, gentl_path_producers
+    from dmicro_hw.drivers.gentl import bundled_producers, gentl_path_producers
 
     out: list[tuple[Path, str]] = [(p, "GENICAM_GENTL64_PATH") for p in gentl_path_producers()]
     seen = {p.resolve() for p, _ in out}
@@ -41,21 +41,9 @@ def _producers() -> list[tuple[Path, str]]:
 
 def _enumerate_cameras(cti: Path) -> str:
     """One line per device the producer sees (loads the producer in this process)."""
-    from dmicro_hw.extras import require
+    from dmicro_hw.drivers.gentl import enumerate_devices
 
-    require("harvesters.core", "dmicro devices genicam")
-    from harvesters.core import Harvester, ParameterKey, ParameterSet
-
-    from dmicro_hw.drivers.genicam_camera import _hv_log, check_producer, describe_device
-
-    check_producer(cti)
-    h = Harvester(config=ParameterSet({ParameterKey.LOGGER: _hv_log}))
-    try:
-        h.add_file(str(cti))
-        h.update()
-        devs = [describe_device(i) for i in h.device_info_list]
-    finally:
-        h.reset()
+    devs = enumerate_devices(cti)
     if not devs:
         return "no devices"
     return "\n".join(
@@ -257,7 +245,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         from dmicro_hw.config import CameraDeviceConfig
-        from dmicro_hw.drivers.genicam_camera import GenICamCamera, bundled_producers
+        from dmicro_hw.drivers.genicam_camera import GenICamCamera
+        from dmicro_hw.drivers.gentl import bundled_producers
         from dmicro_hw.evaluation.device_bench import trigger_round_trip
         from dmicro_hw.progress import make_console
 
