@@ -41,8 +41,6 @@ display per process: opening SLMs on two different displays in one process raise
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
 import os
@@ -58,100 +56,18 @@ from dmicro_hw.drivers.slm_pixels import (
     from_display_rgb,
     to_display,
 )
+from dmicro_hw.drivers.x11 import (  # noqa: F401 - X11 queries live in x11.py; re-exported
+    _can_screenshot,
+    _split_display,
+    screenshot,
+    x_display_info,
+)
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)
 
 _GUI_DISPLAY: str | None = None  # the X display OpenCV's GUI got bound to in this process
 _OPEN_WINDOWS: set[str] = set()
-
-
-# ------------------------------------------------------------------------------------ X11 queries
-class _XineramaScreenInfo(ctypes.Structure):
-    _fields_ = [
-        ("screen_number", ctypes.c_int),
-        ("x_org", ctypes.c_short),
-        ("y_org", ctypes.c_short),
-        ("width", ctypes.c_short),
-        ("height", ctypes.c_short),
-    ]
-
-
-def _libx11() -> Any:
-    name = ctypes.util.find_library("X11")
-    if not name:
-        return None
-    lib = ctypes.CDLL(name)
-    lib.XOpenDisplay.restype = ctypes.c_void_p
-    lib.XOpenDisplay.argtypes = [ctypes.c_char_p]
-    lib.XCloseDisplay.argtypes = [ctypes.c_void_p]
-    lib.XScreenCount.argtypes = [ctypes.c_void_p]
-    lib.XDisplayWidth.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.XDisplayHeight.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.XDefaultScreen.argtypes = [ctypes.c_void_p]
-    return lib
-
-
-def x_display_info(display: str) -> dict[str, Any] | None:
-    """Screens and monitors of X ``display`` (``None`` when it cannot be opened / no libX11).
-
-    Returns ``{"display", "default_screen", "screens": [(w, h), ...], "monitors": [(x, y, w, h),
-    ...]}``; monitors come from Xinerama (empty when the extension is not active).
-    """
-    x11 = _libx11()
-    if x11 is None:
-        return None
-    dpy = x11.XOpenDisplay(display.encode())
-    if not dpy:
-        return None
-    try:
-        n = x11.XScreenCount(dpy)
-        screens = [(x11.XDisplayWidth(dpy, i), x11.XDisplayHeight(dpy, i)) for i in range(n)]
-        monitors: list[tuple[int, int, int, int]] = []
-        xin_name = ctypes.util.find_library("Xinerama")
-        if xin_name:
-            xin = ctypes.CDLL(xin_name)
-            xin.XineramaIsActive.argtypes = [ctypes.c_void_p]
-            xin.XineramaQueryScreens.restype = ctypes.POINTER(_XineramaScreenInfo)
-            xin.XineramaQueryScreens.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
-            if xin.XineramaIsActive(dpy):
-                count = ctypes.c_int(0)
-                info = xin.XineramaQueryScreens(dpy, ctypes.byref(count))
-                if info:
-                    for i in range(count.value):
-                        s = info[i]
-                        monitors.append((s.x_org, s.y_org, s.width, s.height))
-                    x11.XFree.argtypes = [ctypes.c_void_p]
-                    x11.XFree(info)
-        return {
-            "display": display,
-            "default_screen": x11.XDefaultScreen(dpy),
-            "screens": screens,
-            "monitors": monitors,
-        }
-    finally:
-        x11.XCloseDisplay(dpy)
-
-
-def _can_screenshot(display: str) -> bool:
-    """Whether PIL can grab X ``display`` (Pillow built with XCB, server reachable)."""
-    try:
-        from PIL import ImageGrab
-
-        ImageGrab.grab(bbox=(0, 0, 1, 1), xdisplay=display)
-        return True
-    except Exception as e:  # OSError "built without XCB support", connection errors
-        log.warning("slm: no screenshots of %s (%s); geometry check only", display, e)
-        return False
-
-
-def _split_display(display: str) -> tuple[str, int | None]:
-    """``":0.1"`` → (":0", 1); ``":0"`` → (":0", None)."""
-    host, _, rest = display.rpartition(":")
-    num, dot, screen = rest.partition(".")
-    if dot and screen.isdigit():
-        return f"{host}:{num}", int(screen)
-    return display, None
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -379,14 +295,9 @@ class ScreenSLM(SLMBase):
 
     def grab(self) -> np.ndarray:
         """Screenshot of the window's rectangle (H, W, 3) RGB uint8 (X11 via PIL ImageGrab)."""
-        from PIL import ImageGrab
-
         if self.rect is None:
             raise DeviceError("slm: window not open")
-        x, y, w, h = self.rect
-        kw = {"xdisplay": self.x_display} if self.x_display else {}
-        img = ImageGrab.grab(bbox=(x, y, x + w, y + h), **kw)
-        return np.asarray(img.convert("RGB"))
+        return screenshot(self.rect, self.x_display)
 
     def shown_grey(self) -> np.ndarray:
         """Grey levels currently on screen, decoded from a screenshot (see :meth:`grab`)."""

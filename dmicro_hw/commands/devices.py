@@ -131,7 +131,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         from dmicro_hw.drivers.base import available_backends
-        from dmicro_hw.drivers.screen_slm import x_display_info
+        from dmicro_hw.drivers.x11 import x_display_info
         from dmicro_hw.errors import DmicroError
         from dmicro_hw.progress import make_console
 
@@ -169,7 +169,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if not disp:
             t.add_row("—", "no X display ($DISPLAY unset; use --display)", "", "")
         else:
-            from dmicro_hw.drivers.screen_slm import _split_display
+            from dmicro_hw.drivers.x11 import _split_display
 
             base, _ = _split_display(disp)
             info = x_display_info(base)
