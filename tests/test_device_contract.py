@@ -35,16 +35,6 @@ from dmicro_hw.drivers.contract import CHECKS
 RIG = os.environ.get("DMICRO_HW_RIG")
 
 
-def small_sim_rig() -> RigConfig:
-    return RigConfig.model_validate(
-        {
-            "optics": {"field_size": 32, "compression": 16, "focal_length_m": 0.01024},
-            "slm": {"pixels": [96, 96], "settle_time_s": 0.0},
-            "camera": {"options": {"paced": False}},
-        }
-    )
-
-
 def _viky() -> Path | None:
     try:
         from dmicro_hw.drivers.gentl import bundled_producers
@@ -87,7 +77,7 @@ def factory(kind: str, backend: str, request: pytest.FixtureRequest) -> Callable
         return lambda: open_device(kind, getattr(rig, kind), rig)
     if kind == "camera":
         if backend == "sim":
-            rig = small_sim_rig()
+            rig = request.getfixturevalue("small_rig")()
             return lambda: open_device("camera", rig.camera, rig)
         if backend == "replay":
             store = request.getfixturevalue("replay_store")
@@ -105,7 +95,7 @@ def factory(kind: str, backend: str, request: pytest.FixtureRequest) -> Callable
             return lambda: open_device("camera", section, RigConfig())
     if kind == "slm":
         if backend == "sim":
-            rig = small_sim_rig()
+            rig = request.getfixturevalue("small_rig")()
             return lambda: open_device("slm", rig.slm, rig)
         if backend == "slmpy":
             why = _slmpy_missing()
