@@ -6,6 +6,9 @@ status, one line on the real stderr) still start a subprocess."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,37 @@ def small_rig():
         return RigConfig.model_validate(data)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def start_xvfb():
+    """``start_xvfb(*args)`` → display ``":N"`` of a fresh Xvfb started with ``args`` (screens,
+    ``+xinerama``; Xvfb picks the number: -displayfd); skips when Xvfb is absent or does not
+    start. Every server started is stopped at the end of the session."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> str:
+        if shutil.which("Xvfb") is None:
+            pytest.skip("Xvfb is not installed")
+        r, w = os.pipe()
+        proc = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(w), "-nolisten", "tcp", *args],
+            pass_fds=(w,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(w)
+        procs.append(proc)
+        with os.fdopen(r) as f:
+            num = f.readline().strip()
+        if not num:
+            pytest.skip("Xvfb did not start")
+        return f":{num}"
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(5)
 
 
 def frame_records(ids) -> dict[str, np.ndarray]:

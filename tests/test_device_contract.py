@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -148,36 +147,19 @@ print(json.dumps(run_checks("slm", lambda: open_device("slm", section))))
 
 
 @pytest.fixture(scope="module")
-def screen_results() -> dict[str, str]:
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed")
-    r, w = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(w), "-nolisten", "tcp", "-screen", "0", "640x480x24"],
-        pass_fds=(w,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def screen_results(start_xvfb) -> dict[str, str]:
+    display = start_xvfb("-screen", "0", "640x480x24")
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    env.setdefault("QT_QPA_PLATFORM", "xcb")
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCREEN_CHILD), display],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
-    os.close(w)
-    with os.fdopen(r) as f:
-        num = f.readline().strip()
-    try:
-        if not num:
-            pytest.skip("Xvfb did not start")
-        env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-        env.setdefault("QT_QPA_PLATFORM", "xcb")
-        child = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(SCREEN_CHILD), f":{num}"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
-        assert child.returncode == 0, child.stderr[-3000:]
-        return json.loads(child.stdout.strip().splitlines()[-1])
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    assert child.returncode == 0, child.stderr[-3000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("check", list(CHECKS["slm"]), ids=lambda c: f"slm-screen-{c}")
