@@ -10,6 +10,12 @@ Calibration and acquisition talk to a rig through this module and never import t
 trigger mode and wires the trigger, and returns them with the twins' sample plane and ground
 truth (``None`` on a real bench). This is the one module besides :mod:`dmicro_hw.evaluation` that
 imports :mod:`dmicro_hw.simulators` (the virtual bench implements both Protocols).
+
+*Wiring of the twins.* When the SLM or the camera of a rig is simulated, :func:`open_rig` builds
+the rig's one :class:`~dmicro_hw.simulators.bench.VirtualBench` and hands it to the simulated
+devices (``bench=`` of their factories), so that the camera images what the SLM shows. Nothing is
+kept between calls: the bench lives as long as the devices that hold it. A simulated device
+opened alone (``open_device``) gets a private bench of its own.
 """
 
 from __future__ import annotations
@@ -60,13 +66,30 @@ def twins_of(*devices: Any) -> Twins:
     return Twins()
 
 
-def release_twins(rig: Any) -> None:
-    """Drop the twin shared by the simulated devices of ``rig`` (its rendered stream is large):
-    a process that runs many sessions must not keep one per rig config."""
-    if "sim" in (rig.camera.backend, rig.slm.backend):
-        from dmicro_hw.simulators.bench import release_bench
+#: (device kind, backend) pairs that are twins on the rig's shared virtual bench
+TWIN_BACKENDS = frozenset({("slm", "sim"), ("camera", "sim")})
 
-        release_bench(rig)
+
+def shared_bench(rig: Any) -> Any:
+    """A fresh :class:`~dmicro_hw.simulators.bench.VirtualBench` of ``rig`` when its SLM or
+    camera is simulated, else ``None``."""
+    if not any((k, getattr(rig, k).backend) in TWIN_BACKENDS for k in ("slm", "camera")):
+        return None
+    from dmicro_hw.simulators.bench import VirtualBench
+
+    return VirtualBench.from_rig(rig)
+
+
+def recorded_ground_truth(rig: dict[str, Any] | None, where: str) -> GroundTruth | None:
+    """The ground truth of a run recorded on ``rig`` (the config dict stored with the run, as
+    ``rig.model_dump()``): the virtual bench re-created from it when the camera was simulated (its
+    sample stream depends only on the config), ``None`` for a real camera or no recorded rig.
+    ``where`` names the run in the message of an invalid recorded config."""
+    if not rig or ("camera", (rig.get("camera") or {}).get("backend")) not in TWIN_BACKENDS:
+        return None
+    from dmicro_hw.config import RigConfig, validate
+
+    return shared_bench(validate(RigConfig, rig, where))
 
 
 @dataclass
@@ -92,11 +115,17 @@ def open_rig(rig: Any, stack: contextlib.ExitStack, mode: str = "free-run") -> O
     leaves every device safe), switch the camera to ``mode`` and wire the trigger to it."""
     from dmicro_hw.drivers.base import open_device
 
-    slm = stack.enter_context(open_device("slm", rig.slm, rig))
+    bench = shared_bench(rig)
+
+    def device(kind: Any, section: Any) -> Any:
+        wiring = {"bench": bench} if (kind, section.backend) in TWIN_BACKENDS else {}
+        return stack.enter_context(open_device(kind, section, rig, **wiring))
+
+    slm = device("slm", rig.slm)
     trigger = None
     if mode == "triggered":
-        trigger = stack.enter_context(open_device("trigger", rig.trigger, rig))
-    camera = stack.enter_context(open_device("camera", rig.camera, rig))
+        trigger = device("trigger", rig.trigger)
+    camera = device("camera", rig.camera)
     camera.set_trigger_mode(mode)
     if mode == "triggered":
         camera.attach_trigger(trigger)

@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from dmicro_hw.drivers.trigger_base import TriggerBase
 from dmicro_hw.errors import ConfigError
 
 DeviceKind = Literal["slm", "camera", "trigger"]
@@ -175,13 +176,16 @@ def missing_members(device: Any, kind: DeviceKind) -> list[str]:
     return sorted(n for n in names if not hasattr(device, n))
 
 
-def open_device(kind: DeviceKind, section: Any, rig: Any = None) -> Any:
+def open_device(kind: DeviceKind, section: Any, rig: Any = None, **wiring: Any) -> Any:
     """Build the device of ``kind`` described by the rig config ``section`` (not yet opened).
+
+    ``wiring``: keyword arguments passed on to the factory (the rig seam hands the shared virtual
+    bench to the simulated devices as ``bench=``; :func:`dmicro_hw.rig.open_rig`).
 
     ConfigError naming the backend and what it lacks when the object does not implement the
     Protocol of ``kind`` (the pipeline calls every declared member without guessing).
     """
-    device = get_factory(kind, section.backend)(section, rig)
+    device = get_factory(kind, section.backend)(section, rig, **wiring)
     missing = missing_members(device, kind)
     if missing:
         raise ConfigError(
@@ -191,33 +195,34 @@ def open_device(kind: DeviceKind, section: Any, rig: Any = None) -> Any:
     return device
 
 
-class NullTrigger:
-    """Free-run: no trigger hardware. All calls are no-ops; counters stay zero."""
+class NullTrigger(TriggerBase):
+    """Free-run: no trigger hardware. Arming is checked and recorded; nothing pulses, counters
+    stay zero."""
+
+    backend = "none"
 
     def __init__(self) -> None:
+        super().__init__()
         self._armed = False
 
     @classmethod
     def from_config(cls, section: Any = None, rig: Any = None) -> NullTrigger:
         return cls()
 
-    def arm(self, rate_hz: float, count: int) -> None:
-        self._armed = True
-
-    def fire(self) -> None:
+    def _hw_open(self) -> None:
         pass
 
-    def status(self) -> dict[str, Any]:
+    def _hw_arm(self, rate_hz: float, count: int) -> None:
+        self._armed = True
+
+    def _hw_fire(self) -> None:
+        pass
+
+    def _hw_status(self) -> dict[str, Any]:
         return {"armed": self._armed, "fired": 0, "remaining": 0}
 
-    def disarm(self) -> None:
+    def _hw_disarm(self) -> None:
         self._armed = False
 
-    def close(self) -> None:
+    def _hw_close(self) -> None:
         self._armed = False
-
-    def __enter__(self) -> NullTrigger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -53,95 +53,30 @@ on demand, and ``close(); open()`` always starts from a fresh Harvester.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dmicro_hw.drivers.base import Frame
+from dmicro_hw.drivers.camera_base import CameraBase
+from dmicro_hw.drivers.gentl import (  # noqa: F401 - discovery lives in gentl.py; re-exported
+    GENTL_SYMBOLS,
+    _hv_log,
+    _label,
+    bundled_producers,
+    check_producer,
+    describe_device,
+    gentl_path_producers,
+)
 from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, format_bits
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)
-_hv_log = logging.getLogger(__name__ + ".harvesters")
 
 _OPTIONS = {"justify", "gain", "trigger_source", "nodes", "num_buffers", "auto_recover"}
-
-
-# ------------------------------------------------------------------------------ producers
-def gentl_path_producers(env: str | None = None) -> list[Path]:
-    """``*.cti`` files named by ``GENICAM_GENTL64_PATH`` (folders or files, ``os.pathsep`` list)."""
-    value = os.environ.get("GENICAM_GENTL64_PATH", "") if env is None else env
-    out: list[Path] = []
-    for entry in filter(None, value.split(os.pathsep)):
-        p = Path(entry)
-        if p.is_dir():
-            out.extend(sorted(p.glob("*.cti")))
-        elif p.is_file() and p.suffix == ".cti":
-            out.append(p)
-    return out
-
-
-def bundled_producers() -> list[Path]:
-    """GenTL producers shipped inside the ``genicam`` wheel (the viky test camera)."""
-    try:
-        import genicam
-    except ImportError:
-        return []
-    return sorted(Path(genicam.__file__).parent.glob("*.cti"))
-
-
-#: functions every GenTL producer exports (GenTL standard, "GenTL C interface")
-GENTL_SYMBOLS = ("GCInitLib", "GCCloseLib", "TLOpen", "TLClose")
-
-
-def check_producer(path: Path | str) -> Path:
-    """Check that ``path`` is a GenTL producer for this machine *without loading it*: its ELF
-    dynamic symbol table must export the GenTL entry points (:data:`GENTL_SYMBOLS`). A refused
-    file never runs (no constructor of it executes). DeviceError naming the path otherwise."""
-    import platform
-
-    from dmicro_hw.drivers.elf_symbols import ElfError, exported_functions
-
-    p = Path(path)
-    if not p.is_file():
-        raise DeviceError(f"camera.cti: GenTL producer not found: {p}")
-    try:
-        names, machine = exported_functions(p)
-    except (ElfError, OSError) as e:
-        raise DeviceError(f"camera.cti: {p} is not a loadable GenTL producer ({e})") from None
-    here = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
-        platform.machine().lower()
-    )
-    if here and machine != here:
-        raise DeviceError(f"camera.cti: {p} is built for {machine}, this machine is {here}")
-    missing = [s for s in GENTL_SYMBOLS if s not in names]
-    if missing:
-        raise DeviceError(f"camera.cti: {p} is not a GenTL producer (no {', '.join(missing)})")
-    return p
-
-
-def _safe(obj: Any, attr: str) -> Any:
-    try:
-        return getattr(obj, attr)
-    except Exception:  # GenTL raises when a producer does not implement an info query
-        return None
-
-
-def describe_device(info: Any) -> dict[str, Any]:
-    """Plain dict of a harvesters DeviceInfo (id, serial, model, vendor, names, tl type)."""
-    keys = ("id_", "serial_number", "model", "vendor", "user_defined_name", "display_name")
-    d = {k.rstrip("_"): _safe(info, k) for k in keys}
-    d["tl_type"] = _safe(info, "tl_type")
-    return d
-
-
-def _label(d: dict[str, Any]) -> str:
-    return f"{d['id']} (serial {d['serial_number']}, model {d['model']})"
 
 
 # ------------------------------------------------------------------------------ pixel data
@@ -171,10 +106,17 @@ def _as_image(raw: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ the driver
-class GenICamCamera:
-    """A GenICam camera behind a GenTL producer (see the module doc for the config mapping)."""
+class GenICamCamera(CameraBase):
+    """A GenICam camera behind a GenTL producer (see the module doc for the config mapping).
+
+    The generic lifecycle (open/start/stop/close, frames iteration, trigger-mode checks) is
+    :class:`~dmicro_hw.drivers.camera_base.CameraBase`'s; this class fills its ``_hw_*`` hooks.
+    """
+
+    backend = "genicam"
 
     def __init__(self, section: Any, rig: Any = None) -> None:
+        super().__init__()
         self.cfg = section
         opts = dict(section.options or {})
         unknown = sorted(set(opts) - _OPTIONS)
@@ -194,6 +136,7 @@ class GenICamCamera:
         self.auto_recover = bool(opts.get("auto_recover", True))
         acq = getattr(rig, "acquisition", None)
         self.triggered = getattr(acq, "mode", "free-run") == "triggered"
+        self.trigger_mode = "triggered" if self.triggered else "free-run"
         self.fetch_timeout_s = float(section.fetch_timeout_s)
 
         self.producers: list[Path] = []
@@ -212,8 +155,6 @@ class GenICamCamera:
         self._harvester: Any = None
         self._ia: Any = None
         self._node_names: set[str] = set()
-        self._acquiring = False
-        self._stop_requested = False
         self._lock = threading.RLock()  # held while fetching: stop() from another thread waits
         self._last_id = 0  # last frame id handed out (kept increasing across restarts)
         self._session_base: int | None = None
@@ -237,10 +178,8 @@ class GenICamCamera:
             )
         return [check_producer(p) for p in found]
 
-    def open(self) -> GenICamCamera:
+    def _hw_open(self) -> None:
         """Load the producer, open the device and write the configured nodes (not streaming)."""
-        if self._ia is not None:
-            return self
         from dmicro_hw.extras import require
 
         require("harvesters.core", "camera.backend: genicam")
@@ -289,7 +228,6 @@ class GenICamCamera:
             self.height,
             self.producers[0],
         )
-        return self
 
     def _pick(self, infos: list[Any]) -> Any:
         want = self.cfg.device
@@ -400,7 +338,7 @@ class GenICamCamera:
             self._set(str(name), value, f"camera.options.nodes.{name}")
         self._read_back()
 
-    def set_trigger_mode(self, mode: str) -> None:
+    def _hw_set_trigger_mode(self, triggered: bool) -> None:
         """``"triggered"``: TriggerSelector = FrameStart (when present), TriggerMode = On,
         TriggerSource = ``options.trigger_source``; ``"free-run"``: TriggerMode = Off.
 
@@ -409,15 +347,7 @@ class GenICamCamera:
         without TriggerMode/TriggerSource is asked to run triggered: it would free-run while the
         trigger box pulses.
         """
-        from dmicro_hw.drivers.base import TRIGGER_MODES
-
-        if mode not in TRIGGER_MODES:
-            raise ConfigError(f"trigger mode must be 'free-run' or 'triggered', got {mode!r}")
-        if self._acquiring:
-            raise DeviceError(
-                f"camera {self.device.get('id')}: stop() before changing the trigger mode"
-            )
-        self.triggered = mode == "triggered"
+        self.triggered = triggered
         if self._ia is not None:
             self._write_trigger_nodes()
 
@@ -441,10 +371,6 @@ class GenICamCamera:
         self._set("TriggerMode", "On", "acquisition.mode")
         self._set("TriggerSource", self.trigger_source, "camera.options.trigger_source")
 
-    def attach_trigger(self, trigger: Any) -> None:
-        """Nothing to connect in software: trigger pulses reach the camera on its input line
-        (``options.trigger_source``)."""
-
     def _read_back(self) -> None:
         def val(name: str, default: Any) -> Any:
             if name not in self._node_names:
@@ -464,25 +390,19 @@ class GenICamCamera:
             self.exposure_s = float(self.exposure_s) * 1e-6
 
     # ---------------------------------------------------------------- streaming
-    def start(self) -> None:
-        """Start acquisition (opens the camera first if needed)."""
-        if self._ia is None:
-            self.open()
-        if self._acquiring:
-            return
+    def _hw_start(self) -> None:
+        """Start acquisition (hardware trigger pulses reach the camera on its input line,
+        ``options.trigger_source``: nothing to attach in software)."""
         self._ia.start()
-        self._acquiring = True
-        self._stop_requested = False
         self._session_base = None
         self._prev_device_id = None
 
-    def stop(self) -> None:
-        """Stop acquisition (idempotent; buffers are flushed, nodes unlock).
+    def _hw_stop(self) -> None:
+        """Stop acquisition (buffers are flushed, nodes unlock).
 
         Safe to call from another thread: it waits for a fetch in progress (at most
         ``fetch_timeout_s``) and :meth:`frames` then ends.
         """
-        self._stop_requested = True
         with self._lock:
             if self._ia is not None and self._acquiring:
                 try:
@@ -491,18 +411,15 @@ class GenICamCamera:
                     log.warning("camera: stop failed", exc_info=True)
             self._acquiring = False
 
-    def frames(self, max_frames: int | None = None) -> Iterator[Frame]:
-        """Yield frames until ``max_frames`` or :meth:`stop` (starts acquisition if needed)."""
-        if not self._acquiring:
-            self.start()
-        n = 0
+    def _hw_frame(self) -> Frame | None:
+        """The next frame; a broken stream (anything but a timeout) gets one full reset."""
         failures = 0
-        while (max_frames is None or n < max_frames) and not self._stop_requested:
+        while True:
             try:
                 with self._lock:
                     if self._stop_requested or not self._acquiring:
-                        break
-                    frame = self._fetch_one()
+                        return None
+                    return self._fetch_one()
             except DeviceError:
                 raise
             except Exception as e:  # the stream broke (disconnect, producer error)
@@ -515,10 +432,6 @@ class GenICamCamera:
                 log.warning("camera stream failed (%s: %s); full reset", type(e).__name__, e)
                 self.reset()
                 self.start()
-                continue
-            failures = 0
-            n += 1
-            yield frame
 
     def _fetch_one(self) -> Frame:
         from genicam.gentl import TimeoutException
@@ -608,7 +521,7 @@ class GenICamCamera:
         """Full recovery: destroy the acquirer, reset the Harvester, reopen and reconfigure."""
         self.recoveries += 1
         self._teardown()
-        self.open()
+        self._hw_open()
 
     def _teardown(self) -> None:
         ia, h = self._ia, self._harvester
@@ -630,16 +543,14 @@ class GenICamCamera:
             except Exception:
                 log.debug("camera: harvester reset failed", exc_info=True)
 
-    def close(self) -> None:
-        """Stop acquisition and release device and producer. Idempotent."""
-        self.stop()
+    def _hw_close(self) -> None:
+        """Release device and producer."""
         with self._lock:
             self._teardown()
 
-    def info(self) -> dict[str, Any]:
+    def _hw_info(self) -> dict[str, Any]:
         """What is open and how it is configured (for run metadata and ``dmicro devices check``)."""
         return {
-            "backend": "genicam",
             "producers": [str(p) for p in self.producers],
             "device": self.device,
             "pixel_format": self.pixel_format,
@@ -657,12 +568,6 @@ class GenICamCamera:
             "recoveries": self.recoveries,
             "fetch_timeout_s": self.fetch_timeout_s,
         }
-
-    def __enter__(self) -> GenICamCamera:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:  # last resort; close() is the contract
         try:

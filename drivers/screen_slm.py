@@ -41,8 +41,6 @@ display per process: opening SLMs on two different displays in one process raise
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
 import os
@@ -52,11 +50,17 @@ from typing import Any
 
 import numpy as np
 
+from dmicro_hw.drivers.slm_base import SLMBase
 from dmicro_hw.drivers.slm_pixels import (
     display_slm_kwargs,
     from_display_rgb,
     to_display,
-    to_grey,
+)
+from dmicro_hw.drivers.x11 import (  # noqa: F401 - X11 queries live in x11.py; re-exported
+    _can_screenshot,
+    _split_display,
+    screenshot,
+    x_display_info,
 )
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
@@ -66,101 +70,17 @@ _GUI_DISPLAY: str | None = None  # the X display OpenCV's GUI got bound to in th
 _OPEN_WINDOWS: set[str] = set()
 
 
-# ------------------------------------------------------------------------------------ X11 queries
-class _XineramaScreenInfo(ctypes.Structure):
-    _fields_ = [
-        ("screen_number", ctypes.c_int),
-        ("x_org", ctypes.c_short),
-        ("y_org", ctypes.c_short),
-        ("width", ctypes.c_short),
-        ("height", ctypes.c_short),
-    ]
-
-
-def _libx11() -> Any:
-    name = ctypes.util.find_library("X11")
-    if not name:
-        return None
-    lib = ctypes.CDLL(name)
-    lib.XOpenDisplay.restype = ctypes.c_void_p
-    lib.XOpenDisplay.argtypes = [ctypes.c_char_p]
-    lib.XCloseDisplay.argtypes = [ctypes.c_void_p]
-    lib.XScreenCount.argtypes = [ctypes.c_void_p]
-    lib.XDisplayWidth.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.XDisplayHeight.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.XDefaultScreen.argtypes = [ctypes.c_void_p]
-    return lib
-
-
-def x_display_info(display: str) -> dict[str, Any] | None:
-    """Screens and monitors of X ``display`` (``None`` when it cannot be opened / no libX11).
-
-    Returns ``{"display", "default_screen", "screens": [(w, h), ...], "monitors": [(x, y, w, h),
-    ...]}``; monitors come from Xinerama (empty when the extension is not active).
-    """
-    x11 = _libx11()
-    if x11 is None:
-        return None
-    dpy = x11.XOpenDisplay(display.encode())
-    if not dpy:
-        return None
-    try:
-        n = x11.XScreenCount(dpy)
-        screens = [(x11.XDisplayWidth(dpy, i), x11.XDisplayHeight(dpy, i)) for i in range(n)]
-        monitors: list[tuple[int, int, int, int]] = []
-        xin_name = ctypes.util.find_library("Xinerama")
-        if xin_name:
-            xin = ctypes.CDLL(xin_name)
-            xin.XineramaIsActive.argtypes = [ctypes.c_void_p]
-            xin.XineramaQueryScreens.restype = ctypes.POINTER(_XineramaScreenInfo)
-            xin.XineramaQueryScreens.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
-            if xin.XineramaIsActive(dpy):
-                count = ctypes.c_int(0)
-                info = xin.XineramaQueryScreens(dpy, ctypes.byref(count))
-                if info:
-                    for i in range(count.value):
-                        s = info[i]
-                        monitors.append((s.x_org, s.y_org, s.width, s.height))
-                    x11.XFree.argtypes = [ctypes.c_void_p]
-                    x11.XFree(info)
-        return {
-            "display": display,
-            "default_screen": x11.XDefaultScreen(dpy),
-            "screens": screens,
-            "monitors": monitors,
-        }
-    finally:
-        x11.XCloseDisplay(dpy)
-
-
-def _can_screenshot(display: str) -> bool:
-    """Whether PIL can grab X ``display`` (Pillow built with XCB, server reachable)."""
-    try:
-        from PIL import ImageGrab
-
-        ImageGrab.grab(bbox=(0, 0, 1, 1), xdisplay=display)
-        return True
-    except Exception as e:  # OSError "built without XCB support", connection errors
-        log.warning("slm: no screenshots of %s (%s); geometry check only", display, e)
-        return False
-
-
-def _split_display(display: str) -> tuple[str, int | None]:
-    """``":0.1"`` → (":0", 1); ``":0"`` → (":0", None)."""
-    host, _, rest = display.rpartition(":")
-    num, dot, screen = rest.partition(".")
-    if dot and screen.isdigit():
-        return f"{host}:{num}", int(screen)
-    return display, None
-
-
 # ------------------------------------------------------------------------------------ the driver
-class ScreenSLM:
+class ScreenSLM(SLMBase):
     """A phase SLM shown as a borderless window; see the module doc for placement and bit depths.
 
     ``shape`` is (rows, cols) in SLM pixels; ``lut`` (optional) the phase in radians of each grey
-    level. The window opens on :meth:`open` / ``with`` (or the first :meth:`show`).
+    level. The window opens on :meth:`open` / ``with`` (or the first :meth:`show`). The generic
+    part (show/blank/close, state checks) is :class:`~dmicro_hw.drivers.slm_base.SLMBase`'s.
     """
+
+    backend = "screen"
+    BLANK_ON_OPEN = False  # the window is created blank and checked while being placed
 
     _OPTIONS = {
         "position",
@@ -190,12 +110,7 @@ class ScreenSLM:
         placement_timeout_s: float = 2.0,
         confirm: bool | None = None,
     ) -> None:
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.pitch_m = float(pitch_m)
-        self.bit_depth = int(bit_depth)
-        self.settle_time_s = float(settle_time_s)
-        self.phase_range_rad = float(phase_range_rad)
-        self.lut = lut
+        super().__init__(shape, pitch_m, bit_depth, settle_time_s, phase_range_rad, lut)
         self.display = display
         self.monitor = int(monitor)
         self.position = None if position is None else (int(position[0]), int(position[1]))
@@ -216,13 +131,10 @@ class ScreenSLM:
         self._confirm_opt = confirm
         self.confirm = False  # decided in open(): default on when the window is on an X display
         self.last_confirm_s = float("nan")
-        self.pattern_id = ""
-        self.shown_at = 0.0
         self.rect: tuple[int, int, int, int] | None = None
         self.x_display: str | None = None
         self._grey: np.ndarray | None = None
-        self._open = False
-        self._closed = False
+        self._open = False  # the window exists
 
     @classmethod
     def from_config(cls, section: Any, rig: Any = None) -> ScreenSLM:
@@ -285,11 +197,9 @@ class ScreenSLM:
                 return disp, origin, (x + w, y + h)
         return disp, origin, size
 
-    def open(self) -> ScreenSLM:
+    def _hw_open(self) -> None:
         """Create the window, place it, blank it and verify it is pixel-exact."""
         global _GUI_DISPLAY
-        if self._open:
-            return self
         from dmicro_hw.extras import require
 
         require("cv2", "slm.backend: screen")
@@ -341,7 +251,6 @@ class ScreenSLM:
         self.verify = verify
         self.confirm = can_grab if self._confirm_opt is None else self._confirm_opt
         log.info("SLM window %r on %s at %s", self.window_name, disp, self.rect)
-        return self
 
     def _create_and_place(self, origin: tuple[int, int]) -> None:
         """Create the window, show blank, move it to ``origin``; DeviceError if not pixel-exact."""
@@ -386,14 +295,9 @@ class ScreenSLM:
 
     def grab(self) -> np.ndarray:
         """Screenshot of the window's rectangle (H, W, 3) RGB uint8 (X11 via PIL ImageGrab)."""
-        from PIL import ImageGrab
-
         if self.rect is None:
             raise DeviceError("slm: window not open")
-        x, y, w, h = self.rect
-        kw = {"xdisplay": self.x_display} if self.x_display else {}
-        img = ImageGrab.grab(bbox=(x, y, x + w, y + h), **kw)
-        return np.asarray(img.convert("RGB"))
+        return screenshot(self.rect, self.x_display)
 
     def shown_grey(self) -> np.ndarray:
         """Grey levels currently on screen, decoded from a screenshot (see :meth:`grab`)."""
@@ -446,15 +350,6 @@ class ScreenSLM:
             raise DeviceError(f"slm: screenshot check failed: {what}") from None
 
     # ---------------------------------------------------------------- showing
-    def _blank_grey(self) -> np.ndarray:
-        return to_grey(
-            np.zeros(self.shape, np.float64),
-            self.shape,
-            self.bit_depth,
-            self.phase_range_rad,
-            self.lut,
-        )
-
     def _draw(self, grey: np.ndarray) -> None:
         import cv2
 
@@ -484,16 +379,10 @@ class ScreenSLM:
         if self._open:
             self._pump(seconds, min_iterations=1)
 
-    def show(self, pattern: np.ndarray, pattern_id: str = "") -> None:
-        """Display ``pattern`` (grey levels or radians, shape ``self.shape``) and wait the settle
-        time; afterwards ``pattern_id``/``shown_at`` describe what is on the SLM."""
-        if not self._open:
-            if self._closed:
-                raise DeviceError("slm: show() after close()")
-            self.open()
-        grey = to_grey(pattern, self.shape, self.bit_depth, self.phase_range_rad, self.lut)
-        t0 = time.monotonic()
+    def _hw_write(self, grey: np.ndarray) -> None:
         self._draw(grey)
+
+    def _hw_settle(self, grey: np.ndarray, t0: float) -> None:
         if self.confirm:
             # wait until the X server has the new pattern, then let the liquid crystal settle
             self.last_confirm_s = self._confirm(grey, self.placement_timeout_s)
@@ -502,23 +391,10 @@ class ScreenSLM:
             # a few event-loop turns even with no settle time: Qt paints and flushes to the X
             # server from its event loop, so without them the pattern may never reach the screen
             self._pump(self.settle_time_s - (time.monotonic() - t0), min_iterations=3)
-        self.pattern_id = pattern_id
-        self.shown_at = time.time()
 
-    def blank(self) -> None:
-        """Show zero phase (the safe state)."""
-        self.show(np.zeros(self.shape, np.float64), pattern_id="blank")
-
-    def close(self) -> None:
-        """Blank the SLM and remove the window. Idempotent."""
-        if self._open:
-            try:
-                self._draw(self._blank_grey())
-                self.pattern_id = "blank"
-            except Exception:
-                log.warning("slm: could not blank before closing", exc_info=True)
-            self._destroy()
-        self._closed = True
+    def _hw_close(self) -> None:
+        """Remove the window (the base blanked it)."""
+        self._destroy()
 
     def _destroy(self) -> None:
         import cv2
@@ -531,20 +407,10 @@ class ScreenSLM:
         _OPEN_WINDOWS.discard(self.window_name)
         self._open = False
 
-    def info(self) -> dict[str, Any]:
+    def _hw_info(self) -> dict[str, Any]:
         return {
-            "backend": "screen",
             "display": self.x_display,
             "rect": self.rect,
-            "shape": self.shape,
-            "bit_depth": self.bit_depth,
             "high_bit_mode": self.high_bit_mode if self.bit_depth > 8 else None,
-            "settle_time_s": self.settle_time_s,
             "lut": self.lut is not None,
         }
-
-    def __enter__(self) -> ScreenSLM:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from dmicro_hw.drivers import trigger_protocol as tp
+from dmicro_hw.drivers.trigger_base import TriggerBase
 from dmicro_hw.errors import ConfigError, DeviceError, DeviceTimeoutError
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,16 @@ class _NoReply(Exception):
     pass
 
 
-class SerialTrigger:
+class SerialTrigger(TriggerBase):
     """Trigger box on ``port`` (e.g. ``/dev/ttyUSB0``, ``COM3``, or a pyserial URL).
 
     ``timeout_s`` is the time allowed for each reply; ``retries`` the number of extra tries after
     a garbled or missing reply; ``reconnect`` reopens the port after a timeout or I/O error.
-    The port is opened by :meth:`open` / ``with``, or on first use.
+    The port is opened by :meth:`open` / ``with``, or on first use (the generic part is
+    :class:`~dmicro_hw.drivers.trigger_base.TriggerBase`'s).
     """
+
+    backend = "serial"
 
     def __init__(
         self,
@@ -52,6 +56,7 @@ class SerialTrigger:
         reconnect: bool = True,
         handshake: bool = True,
     ) -> None:
+        super().__init__()
         self.port = str(port)
         self.baudrate = int(baudrate)
         self.timeout_s = float(timeout_s)
@@ -64,7 +69,6 @@ class SerialTrigger:
         self._seq = 0
         self._rx = bytearray()
         self._lock = threading.RLock()
-        self._closed = False
 
     # ---------------------------------------------------------------- construction
     @staticmethod
@@ -97,17 +101,18 @@ class SerialTrigger:
         return cls(**kw)
 
     # ---------------------------------------------------------------- port handling
-    def open(self) -> SerialTrigger:
+    def _label(self) -> str:
+        return f"trigger on {self.port}"
+
+    def _hw_open(self) -> None:
         """Open the port and (by default) check that a trigger box answers ``ID``."""
         with self._lock:
-            self._closed = False
             if self._ser is None:
                 self._open_port()
                 if self.handshake:
                     fields = self._request("ID")
                     self.identity = dict(fields)
                     log.info("trigger box on %s: %s", self.port, self.identity)
-        return self
 
     def _open_port(self) -> None:
         import serial  # pyserial
@@ -130,6 +135,8 @@ class SerialTrigger:
         self._rx.clear()
 
     def _close_port(self) -> None:
+        """Close the port; the next call opens it again (unless close() was called)."""
+        self._opened = False
         ser, self._ser = self._ser, None
         if ser is not None:
             try:
@@ -143,12 +150,6 @@ class SerialTrigger:
         self._close_port()
         time.sleep(0.05)
         self._open_port()
-
-    def _ensure_open(self) -> None:
-        if self._ser is None:
-            if self._closed:
-                raise DeviceError(f"trigger on {self.port}: used after close()")
-            self.open()
 
     # ---------------------------------------------------------------- request/reply
     def _next_seq(self) -> int:
@@ -240,35 +241,22 @@ class SerialTrigger:
             )
 
     # ---------------------------------------------------------------- Trigger protocol
-    def arm(self, rate_hz: float, count: int) -> None:
-        """Arm a train of ``count`` pulses at ``rate_hz`` (count 0 = until :meth:`disarm`)."""
-        rate_hz, count = float(rate_hz), int(count)
-        if not rate_hz > 0 or count < 0:
-            raise DeviceError(
-                f"trigger on {self.port}: arm needs rate_hz > 0 and count >= 0 "
-                f"(got {rate_hz}, {count})"
-            )
-        self._ensure_open()
+    def _hw_arm(self, rate_hz: float, count: int) -> None:
         self._request("ARM", repr(rate_hz), str(count))
 
-    def fire(self) -> None:
-        """Start the armed train."""
-        self._ensure_open()
+    def _hw_fire(self) -> None:
         self._request("FIRE")
 
-    def status(self) -> dict[str, Any]:
+    def _hw_status(self) -> dict[str, Any]:
         """Counters: ``armed``, ``running`` (bool), ``fired``, ``remaining`` (−1 = continuous),
         ``count`` (int), ``rate_hz`` (float)."""
-        self._ensure_open()
         return tp.status_fields(self._request("STATUS"))
 
-    def disarm(self) -> None:
-        """Stop pulsing and disarm (the safe state)."""
-        self._ensure_open()
+    def _hw_disarm(self) -> None:
         self._request("DISARM")
 
-    def close(self) -> None:
-        """Disarm (best effort, one quick try) and close the port. Idempotent."""
+    def _hw_close(self) -> None:
+        """Disarm (best effort, one quick try) and close the port."""
         with self._lock:
             if self._ser is not None:
                 try:
@@ -276,13 +264,9 @@ class SerialTrigger:
                 except DeviceError as e:
                     log.warning("trigger on %s: could not disarm on close: %s", self.port, e)
                 self._close_port()
-            self._closed = True
 
-    def __enter__(self) -> SerialTrigger:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _hw_info(self) -> dict[str, Any]:
+        return {"port": self.port, "identity": dict(self.identity), "stats": dict(self.stats)}
 
     def __repr__(self) -> str:
         state = "open" if self._ser is not None else "closed"

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 import numpy as np
 
-from dmicro_hw.drivers.slm_pixels import display_slm_kwargs, to_display, to_grey
+from dmicro_hw.drivers.slm_base import SLMBase
+from dmicro_hw.drivers.slm_pixels import display_slm_kwargs, to_display
 from dmicro_hw.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,11 @@ def import_slmpy() -> Any:
     return slmpy
 
 
-class SlmpySLM:
-    """A phase SLM shown full screen by slmPy on wx monitor ``monitor``."""
+class SlmpySLM(SLMBase):
+    """A phase SLM shown full screen by slmPy on wx monitor ``monitor`` (the generic part is
+    :class:`~dmicro_hw.drivers.slm_base.SLMBase`'s)."""
 
+    backend = "slmpy"
     _OPTIONS = {"high_bit_mode", "always_top"}
 
     def __init__(
@@ -87,12 +89,7 @@ class SlmpySLM:
         high_bit_mode: str = "rgb",
         always_top: bool = True,
     ) -> None:
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.pitch_m = float(pitch_m)
-        self.bit_depth = int(bit_depth)
-        self.settle_time_s = float(settle_time_s)
-        self.phase_range_rad = float(phase_range_rad)
-        self.lut = lut
+        super().__init__(shape, pitch_m, bit_depth, settle_time_s, phase_range_rad, lut)
         self.monitor = int(monitor)
         if high_bit_mode not in ("rgb", "top8"):
             raise ConfigError(
@@ -100,10 +97,7 @@ class SlmpySLM:
             )
         self.high_bit_mode = high_bit_mode
         self.always_top = bool(always_top)
-        self.pattern_id = ""
-        self.shown_at = 0.0
         self._disp: Any = None
-        self._closed = False
 
     @classmethod
     def from_config(cls, section: Any, rig: Any = None) -> SlmpySLM:
@@ -111,10 +105,8 @@ class SlmpySLM:
         common, opts = display_slm_kwargs(section, cls._OPTIONS)
         return cls(**common, monitor=section.monitor, **opts)
 
-    def open(self) -> SlmpySLM:
-        """Open slmPy's full-screen frame, check its size, show zero phase."""
-        if self._disp is not None:
-            return self
+    def _hw_open(self) -> None:
+        """Open slmPy's full-screen frame and check its size (then the base shows zero phase)."""
         slmpy = import_slmpy()
         try:
             disp = slmpy.SLMdisplay(
@@ -135,66 +127,20 @@ class SlmpySLM:
                 f"{width}x{height}: check slm.monitor and slm.pixels"
             )
         self._disp = disp
-        self._closed = False
-        self._update(self._zero_grey())
-        self.pattern_id = "blank"
-        return self
 
-    def _zero_grey(self) -> np.ndarray:
-        return to_grey(
-            np.zeros(self.shape), self.shape, self.bit_depth, self.phase_range_rad, self.lut
-        )
-
-    def _update(self, grey: np.ndarray) -> None:
+    def _hw_write(self, grey: np.ndarray) -> None:
         img = to_display(grey, self.bit_depth, self.high_bit_mode)  # type: ignore[arg-type]
         rgb = img[..., ::-1] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1)
         self._disp.updateArray(np.ascontiguousarray(rgb, dtype=np.uint8).view(_RGB), sleep=0.0)
 
-    def show(self, pattern: np.ndarray, pattern_id: str = "") -> None:
-        """Display ``pattern`` (grey levels or radians) and wait ``settle_time_s``."""
-        if self._disp is None:
-            if self._closed:
-                raise DeviceError("slm: show() after close()")
-            self.open()
-        grey = to_grey(pattern, self.shape, self.bit_depth, self.phase_range_rad, self.lut)
-        self._update(grey)
-        time.sleep(self.settle_time_s)
-        self.pattern_id = pattern_id
-        self.shown_at = time.time()
-
-    def blank(self) -> None:
-        """Show zero phase (the safe state)."""
-        self.show(np.zeros(self.shape), pattern_id="blank")
-
-    def close(self) -> None:
-        """Blank and close slmPy's frame. Idempotent."""
+    def _hw_close(self) -> None:
+        """Close slmPy's frame."""
         disp, self._disp = self._disp, None
         if disp is not None:
             try:
-                self._disp = disp
-                self._update(self._zero_grey())
+                disp.close()
             except Exception:
-                log.warning("slm: could not blank before closing", exc_info=True)
-            finally:
-                self._disp = None
-                try:
-                    disp.close()
-                except Exception:
-                    log.warning("slm: slmPy close failed", exc_info=True)
-        self._closed = True
+                log.warning("slm: slmPy close failed", exc_info=True)
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "backend": "slmpy",
-            "monitor": self.monitor,
-            "shape": self.shape,
-            "bit_depth": self.bit_depth,
-            "settle_time_s": self.settle_time_s,
-            "lut": self.lut is not None,
-        }
-
-    def __enter__(self) -> SlmpySLM:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _hw_info(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "lut": self.lut is not None}

@@ -2,8 +2,8 @@
 
 * :class:`~.bench.VirtualBench`: sample stream + 4f optics with a hidden mismatch + sensor.
 * :class:`~.sim_slm.SimSLM`, :class:`~.sim_camera.SimCamera`: SLM/Camera protocol devices on a
-  shared bench (``slm.backend: sim``, ``camera.backend: sim``); one bench per rig config object
-  (:func:`~.bench.get_bench`).
+  shared bench (``slm.backend: sim``, ``camera.backend: sim``), built and handed to both by
+  :func:`dmicro_hw.rig.open_rig`.
 * :class:`~.replay_camera.ReplayCamera` (``camera.backend: replay``): replays a recording.
 * :mod:`.faults`: dropped/late frames, timeouts, disconnects, saturation.
 
@@ -20,8 +20,6 @@ from typing import Any
 
 _EXPORTS = {
     "VirtualBench": "bench",
-    "get_bench": "bench",
-    "release_bench": "bench",
     "bench_of": "bench",
     "reveal_mismatch_for_scoring": "bench",
     "SimSLM": "sim_slm",

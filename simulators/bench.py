@@ -57,13 +57,13 @@ from dmicro_hw.config import (
 )
 from dmicro_hw.errors import FrameShapeError
 from dmicro_hw.optics.fields import unit_phasor
+from dmicro_hw.optics.sensor import NumpySensor
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 
 log = logging.getLogger(__name__)
 
 POSITION_QUANTUM = 1024  # sample positions are multiples of 1/1024 px
 BLEND_STEPS = 4  # settle transition: previous pattern, then 1/4, 2/4, 3/4 blends, then new
-POISSON_EXACT_BELOW = 100.0  # mean electrons; above, shot noise uses the Gaussian limit
 
 
 def pattern_key(grey: np.ndarray) -> str:
@@ -193,11 +193,13 @@ class VirtualBench:
             self._grid = torch.stack(
                 [2 * src[..., 1] / (n - 1) - 1, 2 * src[..., 0] / (n - 1) - 1], -1
             ).to(torch.float32)[None]
-        c = self.sensor_cfg
-        self._adc_max = float(2**c.bit_depth - 1)
-        self._cam_gain = float(s.camera_gain)
-        self._cam_offset = float(s.camera_offset_adu)
-        self._extra_read = float(s.extra_read_noise_e)
+        self._sensor_np = NumpySensor(
+            self.sensor_cfg,
+            camera_gain=float(s.camera_gain),
+            camera_offset_adu=float(s.camera_offset_adu),
+            extra_read_noise_e=float(s.extra_read_noise_e),
+        )
+        self._adc_max = self._sensor_np.adc_max
 
     def _init_sample(self) -> None:
         cfg = self.bench_cfg
@@ -459,46 +461,9 @@ class VirtualBench:
 
     # ------------------------------------------------------------------ sensor
     def _adu(self, e_ref: np.ndarray, exposure_s: float | None, noise: bool) -> np.ndarray:
-        """Mean electrons → raw ADU float32, the same chain as Sensor + PhysicalSystem."""
-        c = self.sensor_cfg
-        scale = (exposure_s or c.exposure_s) / c.exposure_s
-        mean = np.maximum(e_ref * np.float32(scale), 0, dtype=np.float32)
-        if noise:
-            e = self._shot_noise(mean)
-            if c.read_noise_e > 0:
-                e += np.float32(c.read_noise_e) * self._rng.standard_normal(
-                    e.shape, dtype=np.float32
-                )
-        else:
-            e = mean
-        adu = np.minimum(e, np.float32(c.full_well_e)) * np.float32(c.gain_adu_per_e)
-        adu += np.float32(c.offset_adu)
-        if noise:
-            np.round(adu, out=adu)
-        np.clip(adu, 0.0, self._adc_max, out=adu)
-        if noise and self._extra_read > 0:
-            adu += self._rng.standard_normal(adu.shape, dtype=np.float32) * np.float32(
-                self._extra_read * c.gain_adu_per_e
-            )
-        adu = adu * np.float32(self._cam_gain) + np.float32(self._cam_offset)
-        return np.clip(adu, 0.0, self._adc_max, out=adu)
-
-    def _shot_noise(self, mean: np.ndarray) -> np.ndarray:
-        """Poisson photo-electron counts (float32). Above ``POISSON_EXACT_BELOW`` mean electrons
-        the Gaussian limit N(λ, λ), rounded, is drawn instead (skewness 1/√λ < 0.1; ~4× faster
-        than numpy's Poisson sampler at the λ ~ 10⁴ of a bright frame)."""
-        rng = self._rng
-        if float(mean.max(initial=0.0)) < POISSON_EXACT_BELOW:
-            return rng.poisson(mean).astype(np.float32)
-        e = rng.standard_normal(mean.shape, dtype=np.float32)
-        e *= np.sqrt(mean)
-        e += mean
-        np.rint(e, out=e)
-        np.maximum(e, 0, out=e)
-        small = mean < POISSON_EXACT_BELOW
-        if small.any():
-            e[small] = rng.poisson(mean[small])
-        return e
+        """Mean electrons → raw ADU float32: the numpy twin of the sensor chain of Sensor +
+        PhysicalSystem (:class:`~dmicro_hw.optics.sensor.NumpySensor`)."""
+        return self._sensor_np.adu(e_ref, self._rng, noise, exposure_s)
 
     @property
     def adc_max(self) -> float:
@@ -580,34 +545,6 @@ def reveal_mismatch_for_scoring(bench: VirtualBench) -> Mismatch:
     """
     m = bench._hidden_mismatch
     return Mismatch.from_dict(m.to_dict())
-
-
-# ---------------------------------------------------------------------- per-rig shared bench
-_BENCHES: OrderedDict[int, tuple[Any, VirtualBench]] = OrderedDict()
-_BENCHES_MAX = 32
-_BENCHES_LOCK = threading.Lock()
-
-
-def get_bench(rig: RigConfig, **kwargs: Any) -> VirtualBench:
-    """The one VirtualBench of ``rig`` (same config object → same bench), so that the simulated
-    SLM and camera of a rig share their optics. Keyed by ``id(rig)``; the rig is kept alive by
-    the registry so the id cannot be reused while the entry exists (at most 32 rigs are kept)."""
-    with _BENCHES_LOCK:
-        entry = _BENCHES.get(id(rig))
-        if entry is not None and entry[0] is rig:
-            _BENCHES.move_to_end(id(rig))
-            return entry[1]
-        bench = VirtualBench.from_rig(rig, **kwargs)
-        _BENCHES[id(rig)] = (rig, bench)
-        while len(_BENCHES) > _BENCHES_MAX:
-            _BENCHES.popitem(last=False)
-        return bench
-
-
-def release_bench(rig: RigConfig) -> None:
-    """Forget the shared bench of ``rig`` (a later get_bench builds a fresh one)."""
-    with _BENCHES_LOCK:
-        _BENCHES.pop(id(rig), None)
 
 
 def bench_of(device: Any) -> VirtualBench:

@@ -38,6 +38,7 @@ import numpy as np
 
 from dmicro_hw.config import CameraDeviceConfig, RigConfig
 from dmicro_hw.drivers.base import Frame
+from dmicro_hw.drivers.camera_base import CameraBase
 from dmicro_hw.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
@@ -260,8 +261,12 @@ def open_source(path: Path) -> _Source:
     return src
 
 
-class ReplayCamera:
-    """Camera backend that replays a stored acquisition (see the module docstring)."""
+class ReplayCamera(CameraBase):
+    """Camera backend that replays a stored acquisition (see the module docstring); the generic
+    lifecycle is :class:`~dmicro_hw.drivers.camera_base.CameraBase`'s."""
+
+    backend = "replay"
+    AUTO_OPEN = False  # frames()/start() before open(): DeviceError "not open"
 
     def __init__(
         self,
@@ -275,6 +280,7 @@ class ReplayCamera:
         exposure_s: float | None = None,
         fetch_timeout_s: float = 2.0,
     ) -> None:
+        super().__init__()
         self.path = Path(path)
         self.frame_rate_hz = frame_rate_hz
         self.default_rate_hz = float(default_rate_hz)
@@ -285,11 +291,9 @@ class ReplayCamera:
         self.fetch_timeout_s = fetch_timeout_s
         self._src: _Source | None = None
         self._stop = threading.Event()
-        self._started = False
         self._pos = 0
         self.delivered = 0
         self.damaged_skipped = 0
-        self.trigger_mode = "free-run"
 
     @classmethod
     def from_config(cls, section: CameraDeviceConfig, rig: RigConfig | None = None) -> ReplayCamera:
@@ -317,49 +321,29 @@ class ReplayCamera:
         )
 
     # ------------------------------------------------------------------ trigger
-    def set_trigger_mode(self, mode: str) -> None:
+    def _hw_set_trigger_mode(self, triggered: bool) -> None:
         """Recorded in :meth:`info`; a recording has no trigger input, so frames come at the
         recorded (or configured) pace in either mode."""
-        from dmicro_hw.drivers.base import TRIGGER_MODES
-
-        if mode not in TRIGGER_MODES:
-            raise ConfigError(f"trigger mode must be 'free-run' or 'triggered', got {mode!r}")
-        if self._started:
-            raise DeviceError("camera (replay): stop() before changing the trigger mode")
-        self.trigger_mode = mode
 
     def attach_trigger(self, trigger: Any) -> None:
         """Nothing to connect: a recording does not wait for trigger pulses."""
 
-    # ------------------------------------------------------------------ lifecycle
-    def open(self) -> None:
-        if self._src is None:
-            self._src = open_source(self.path)
-            log.info("replay camera: %d frames from %s", self._src.n, self.path)
+    # ------------------------------------------------------------------ lifecycle hooks
+    def _hw_open(self) -> None:
+        self._src = open_source(self.path)
+        log.info("replay camera: %d frames from %s", self._src.n, self.path)
 
-    def start(self) -> None:
-        if self._src is None:
-            raise DeviceError("camera (replay): not open; call open() first")
+    def _hw_start(self) -> None:
         self._stop.clear()
         self._pos = 0
-        self._started = True
 
-    def stop(self) -> None:
-        self._started = False
+    def _hw_stop(self) -> None:
         self._stop.set()
 
-    def close(self) -> None:
-        self.stop()
+    def _hw_close(self) -> None:
         if self._src is not None:
             self._src.close()
             self._src = None
-
-    def __enter__(self) -> ReplayCamera:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def n_frames(self) -> int:
@@ -416,17 +400,12 @@ class ReplayCamera:
             fid = lap * n + i
         return fid, ticks, rel
 
-    def frames(self, max_frames: int | None = None) -> Iterator[Frame]:
-        """Yield the recorded frames (paced) until the end, stop() or ``max_frames``."""
-        if self._src is None:
-            raise DeviceError("camera (replay): not open; call open() first")
-        if not self._started:
-            self.start()
+    def _hw_frames(self) -> Iterator[Frame]:
+        """The recorded frames (paced) until the end of the recording or stop()."""
         src = self._src
         t0 = time.monotonic()
-        count = 0
         rel0: float | None = None
-        while max_frames is None or count < max_frames:
+        while True:
             if self._stop.is_set():
                 return
             lap, i = divmod(self._pos, src.n)
@@ -455,7 +434,6 @@ class ReplayCamera:
             elif self._cfg_exposure is not None:
                 exp = float(self._cfg_exposure)
             self._pos += 1
-            count += 1
             self.delivered += 1
             yield Frame(
                 data=data,
@@ -469,10 +447,9 @@ class ReplayCamera:
                 meta=meta,
             )
 
-    def info(self) -> dict[str, Any]:
+    def _hw_info(self) -> dict[str, Any]:
         src = self._src
         return {
-            "backend": "replay",
             "path": str(self.path),
             "frames": src.n if src is not None else None,
             "frame_rate_hz": self.frame_rate_hz,

@@ -33,16 +33,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from dmicro_hw.config import CameraDeviceConfig, FaultsConfig, RigConfig
 from dmicro_hw.drivers.base import Frame
+from dmicro_hw.drivers.camera_base import CameraBase
 from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, UNPACKED_FORMATS
 from dmicro_hw.errors import ConfigError, DeviceError
-from dmicro_hw.simulators.bench import VirtualBench, get_bench
+from dmicro_hw.simulators.bench import VirtualBench
 from dmicro_hw.simulators.faults import DeviceDisconnected, FaultInjector
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,15 @@ TICKS_HZ = 1e9
 _OPTIONS = {"paced", "noise", "buffer_frames", "trigger_mode", "prefill"}
 
 
-class SimCamera:
-    """Simulated streaming camera on a :class:`VirtualBench` (see the module docstring)."""
+class SimCamera(CameraBase):
+    """Simulated streaming camera on a :class:`VirtualBench` (see the module docstring).
+
+    The generic lifecycle (open/start/stop/close, frames iteration, trigger-mode checks) is
+    :class:`~dmicro_hw.drivers.camera_base.CameraBase`'s; this class fills its ``_hw_*`` hooks.
+    """
+
+    backend = "sim"
+    AUTO_OPEN = False  # frames()/start() before open(): DeviceError "not open"
 
     def __init__(
         self,
@@ -72,6 +79,7 @@ class SimCamera:
                 f"camera.options: unknown option(s) {', '.join(sorted(unknown))} for the sim "
                 f"backend; allowed: {', '.join(sorted(_OPTIONS))}"
             )
+        super().__init__()
         self.config = section
         self._bench = bench
         self.device_id = device_id
@@ -107,8 +115,6 @@ class SimCamera:
 
         self._cv = threading.Condition()
         self._stop = threading.Event()
-        self._opened = False
-        self._started = False
         self._disconnected = False
         self._t_open = 0.0
         self._t_start = 0.0
@@ -119,12 +125,18 @@ class SimCamera:
         self._unsubscribe: Any = None
 
     @classmethod
-    def from_config(cls, section: CameraDeviceConfig, rig: RigConfig | None = None) -> SimCamera:
-        """Registry factory: the camera of ``rig`` on the rig's shared bench."""
+    def from_config(
+        cls,
+        section: CameraDeviceConfig,
+        rig: RigConfig | None = None,
+        bench: VirtualBench | None = None,
+    ) -> SimCamera:
+        """Registry factory: the camera of ``rig`` imaging ``bench`` (the rig's shared bench, from
+        :func:`dmicro_hw.rig.open_rig`; default a private one built from ``rig``)."""
         rig = rig if rig is not None else RigConfig(camera=section)
         return cls(
             section,
-            get_bench(rig),
+            bench if bench is not None else VirtualBench.from_rig(rig),
             frame_rate_hz=section.frame_rate_hz or rig.bench.frame_rate_hz,
             latency_s=rig.bench.latency_s,
             faults=rig.bench.faults,
@@ -177,66 +189,51 @@ class SimCamera:
             raise ConfigError(f"camera.frame_rate_hz: must be in (0, 100000], got {frame_rate_hz}")
         self.frame_rate_hz = float(frame_rate_hz)
 
-    def set_trigger_mode(self, mode: str) -> None:
-        """'free-run' or 'triggered' (before start())."""
-        if mode not in ("free-run", "triggered"):
-            raise ConfigError(f"trigger mode must be 'free-run' or 'triggered', got {mode!r}")
-        if self._started:
-            raise DeviceError("camera (sim): stop() before changing the trigger mode")
-        self.trigger_mode = mode
+    def _hw_set_trigger_mode(self, triggered: bool) -> None:
+        """Free-run paced/unpaced, or one frame per :meth:`trigger_pulse`."""
 
-    # ------------------------------------------------------------------ lifecycle
-    def open(self) -> None:
-        """Connect (also after a disconnect); idempotent."""
-        if self._opened:
-            return
-        self._opened = True
+    # ------------------------------------------------------------------ lifecycle hooks
+    def _hw_open(self) -> None:
+        """Connect (also after a disconnect)."""
         self._disconnected = False
         self._t_open = self._bench.clock()
         log.debug("sim camera %s opened", self.device_id)
 
-    def start(self) -> None:
+    def _hw_start(self) -> None:
         """Start acquisition: frame ids restart at 0."""
-        self._check_connected()
         with self._cv:
             self._stop.clear()
             self._queue.clear()
             self._produced = 0
-            self._started = True
+            self._acquiring = True
             self._t_start = self._bench.clock()
         if self.prefill:
             n = self._bench.prefill()
             self._t_start = self._bench.clock()
             log.info("sim camera: prefilled %d frames of the bench bank", n)
 
-    def stop(self) -> None:
-        """Stop acquisition (idempotent); a running frames() loop ends."""
+    def _hw_stop(self) -> None:
         with self._cv:
-            self._started = False
+            self._acquiring = False
             self._stop.set()
             self._queue.clear()
             self._cv.notify_all()
 
+    def _hw_close(self) -> None:
+        """Disconnect (the trigger is detached by :meth:`close`)."""
+
     def close(self) -> None:
         """Stop, unsubscribe from the trigger and disconnect (idempotent)."""
-        self.stop()
-        self._detach_trigger()
-        self._opened = False
+        try:
+            super().close()
+        finally:
+            self._detach_trigger()
 
-    def __enter__(self) -> SimCamera:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check_connected(self) -> None:
+    def _check_streamable(self) -> None:
         if self._disconnected:
             raise DeviceDisconnected(
                 "camera (sim): device is disconnected; close() and open() to reconnect"
             )
-        if not self._opened:
-            raise DeviceError("camera (sim): not open; call open() first")
 
     # ------------------------------------------------------------------ trigger
     def trigger_pulse(self, index: int | None = None, t: float | None = None) -> None:
@@ -247,7 +244,7 @@ class SimCamera:
         clock (so late callbacks do not shift timestamps); otherwise the exposure starts now.
         """
         with self._cv:
-            if not self._started or self.trigger_mode != "triggered":
+            if not self._acquiring or self.trigger_mode != "triggered":
                 return
             t_exp = self._bench.clock()
             if t is not None and self._bench.clock is time.monotonic:
@@ -323,7 +320,7 @@ class SimCamera:
             return None
         return fid, t
 
-    def _next_frame(self) -> Frame | None:
+    def _hw_frame(self) -> Frame | None:
         faults = self._faults
         while True:
             nxt = self._next_exposure()
@@ -332,7 +329,7 @@ class SimCamera:
             fid, t_exp = nxt
             if faults.is_disconnect(fid):
                 self._disconnected = True
-                self._started = False
+                self._acquiring = False
                 self._opened = False
                 raise faults.disconnect_error(fid)
             if faults.is_timeout(fid):
@@ -370,31 +367,9 @@ class SimCamera:
                 meta=meta,
             )
 
-    def frames(self, max_frames: int | None = None) -> Iterator[Frame]:
-        """Yield frames until stop() or ``max_frames`` (starts acquisition if needed)."""
-        self._check_connected()
-        if not self._started:
-            self.start()
-        count = 0
-        while max_frames is None or count < max_frames:
-            if self._stop.is_set() or not self._started:
-                return
-            frame = self._next_frame()
-            if frame is None:
-                return
-            count += 1
-            yield frame
-
-    def grab(self) -> Frame:
-        """One frame (convenience for calibration loops)."""
-        for f in self.frames(max_frames=1):
-            return f
-        raise DeviceError("camera (sim): stopped before a frame arrived")
-
-    def info(self) -> dict[str, Any]:
+    def _hw_info(self) -> dict[str, Any]:
         """Device description and counters (no simulation internals)."""
         return {
-            "backend": "sim",
             "model": "dmicro SimCamera",
             "serial": self.device_id,
             "sensor_shape": self.sensor_shape,
@@ -416,7 +391,7 @@ class SimCamera:
             "lost_buffer_overflow": self.lost_overflow,
             "faults": dict(self._faults.counts),
             "open": self._opened,
-            "streaming": self._started,
+            "streaming": self._acquiring,
         }
 
     def __repr__(self) -> str:

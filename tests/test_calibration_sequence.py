@@ -8,6 +8,7 @@ The rig is the sim rig shrunk to a 64-sample field (16×16 camera frames) and a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,8 +22,8 @@ from dmicro_hw.calibration import scoring as S
 from dmicro_hw.calibration.bundle import load_bundle
 from dmicro_hw.calibration.sequence import CalibrationOptions, run_calibration
 from dmicro_hw.config import load_rig_config
-from dmicro_hw.drivers.base import open_device
 from dmicro_hw.errors import CheckpointError, ConfigError
+from dmicro_hw.rig import open_rig
 from dmicro_hw.simulators.bench import VirtualBench, reveal_mismatch_for_scoring
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,14 @@ def small_rig_yaml(tmp: Path, seed: int, rig_id: str = "sim-rig-small") -> Path:
     p = tmp / f"rig-{rig_id}-{seed}.yaml"
     p.write_text(yaml.safe_dump(data))
     return p
+
+
+@contextlib.contextmanager
+def rig_devices(rig):
+    """SLM and camera of ``rig`` on one shared virtual bench (the rig seam), closed after."""
+    with contextlib.ExitStack() as stack:
+        r = open_rig(rig, stack)
+        yield r.slm, r.camera
 
 
 def truth_of(rig_path: Path):
@@ -111,8 +120,7 @@ def test_recovery_meets_the_targets_for_unseen_seeds(cli_bundle, tmp_path):
     # second seed, in process, fewer frames
     cfg2 = small_rig_yaml(tmp_path, TEST_SEEDS[1])
     rig2 = load_rig_config(cfg2)
-    slm, cam = open_device("slm", rig2.slm, rig2), open_device("camera", rig2.camera, rig2)
-    with slm, cam:
+    with rig_devices(rig2) as (slm, cam):
         run_calibration(
             rig2,
             slm,
@@ -153,17 +161,12 @@ def test_drift_check_stable_rig_no_changed_rig_yes(cli_bundle, tmp_path):
     cfg, out, _ = cli_bundle
     rig = load_rig_config(cfg)
     prev = load_bundle(out, rig)
-    slm, cam = open_device("slm", rig.slm, rig), open_device("camera", rig.camera, rig)
-    with slm, cam:
+    with rig_devices(rig) as (slm, cam):
         res = run_calibration(rig, slm, cam, ["drift"], None, CalibrationOptions(8), previous=prev)
     assert res.drift.recalibrate is False, res.drift.reasons
     # the same rig id with another mismatch (an SLM knocked out of place, refocused optics)
     changed = load_rig_config(small_rig_yaml(tmp_path, 23))
-    slm, cam = (
-        open_device("slm", changed.slm, changed),
-        open_device("camera", changed.camera, changed),
-    )
-    with slm, cam:
+    with rig_devices(changed) as (slm, cam):
         res = run_calibration(
             changed, slm, cam, ["drift"], None, CalibrationOptions(8), previous=prev
         )

@@ -30,40 +30,14 @@ from dmicro_hw.export import inverse_lut, quantise, wrap_phase
 pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
 
 
-def start_xvfb(*args: str) -> tuple[subprocess.Popen, str]:
-    """Start Xvfb on a free display number (Xvfb picks it: -displayfd)."""
-    r, w = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(w), "-nolisten", "tcp", *args],
-        pass_fds=(w,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(w)
-    with os.fdopen(r) as f:
-        num = f.readline().strip()
-    if not num:
-        proc.kill()
-        pytest.skip("Xvfb did not start")
-    return proc, f":{num}"
+@pytest.fixture(scope="module")
+def two_screens(start_xvfb):
+    return start_xvfb("-screen", "0", "1920x1080x24", "-screen", "1", "1280x1024x24")
 
 
 @pytest.fixture(scope="module")
-def two_screens():
-    proc, disp = start_xvfb("-screen", "0", "1920x1080x24", "-screen", "1", "1280x1024x24")
-    yield disp
-    proc.terminate()
-    proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def xinerama():
-    proc, disp = start_xvfb(
-        "+xinerama", "-screen", "0", "1920x1080x24", "-screen", "1", "1280x1024x24"
-    )
-    yield disp
-    proc.terminate()
-    proc.wait(5)
+def xinerama(start_xvfb):
+    return start_xvfb("+xinerama", "-screen", "0", "1920x1080x24", "-screen", "1", "1280x1024x24")
 
 
 def run_child(code: str, env_display: str | None = None) -> dict:
@@ -86,13 +60,13 @@ def run_child(code: str, env_display: str | None = None) -> dict:
 CHILD_PRELUDE = """
 import json, math, sys, time
 import numpy as np
-from PIL import ImageGrab
 from dmicro_hw.config import SLMDeviceConfig
 from dmicro_hw.drivers.base import open_device
+from dmicro_hw.drivers.x11 import grab as grab_x
 from dmicro_hw.errors import DeviceError
 out = {}
-def grab(disp):
-    return np.asarray(ImageGrab.grab(xdisplay=disp).convert("RGB"))
+def grab(disp):  # PIL ImageGrab of the whole screen, retried on a failed X connection
+    return np.asarray(grab_x(None, disp).convert("RGB"))
 """
 
 

@@ -20,9 +20,7 @@ from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 from dmicro_hw.simulators.bench import (
     VirtualBench,
     bench_of,
-    get_bench,
     pattern_key,
-    release_bench,
     reveal_mismatch_for_scoring,
 )
 from dmicro_hw.simulators.sim_camera import SimCamera
@@ -147,7 +145,9 @@ def _public_objects(root: object, depth: int = 4) -> list[object]:
 
 def test_mismatch_not_reachable_from_sim_devices():
     rig = small_rig(mismatch=MismatchConfig(seed=11))
-    slm, cam = SimSLM.from_config(rig.slm, rig), SimCamera.from_config(rig.camera, rig)
+    bench = VirtualBench.from_rig(rig)
+    slm = SimSLM.from_config(rig.slm, rig, bench=bench)
+    cam = SimCamera.from_config(rig.camera, rig, bench=bench)
     try:
         cam.open()
         next(cam.frames(max_frames=1))
@@ -162,18 +162,18 @@ def test_mismatch_not_reachable_from_sim_devices():
     finally:
         cam.close()
         slm.close()
-        release_bench(rig)
 
 
-def test_shared_bench_per_rig_and_pattern_key():
+def test_bench_handed_to_the_devices_and_pattern_key():
     rig = small_rig()
-    try:
-        assert get_bench(rig) is get_bench(rig)
-        slm, cam = SimSLM.from_config(rig.slm, rig), SimCamera.from_config(rig.camera, rig)
-        assert bench_of(slm) is bench_of(cam) is get_bench(rig)
-        assert get_bench(small_rig()) is not get_bench(rig)
-    finally:
-        release_bench(rig)
+    bench = VirtualBench.from_rig(rig)
+    slm = SimSLM.from_config(rig.slm, rig, bench=bench)
+    cam = SimCamera.from_config(rig.camera, rig, bench=bench)
+    assert bench_of(slm) is bench_of(cam) is bench
+    # built alone, each device has a private bench: nothing is shared through a registry
+    alone = SimSLM.from_config(rig.slm, rig), SimCamera.from_config(rig.camera, rig)
+    assert bench_of(alone[0]) is not bench_of(alone[1])
+    assert bench not in (bench_of(alone[0]), bench_of(alone[1]))
     a = grey(1)
     assert pattern_key(a) == pattern_key(a.copy()) != pattern_key(grey(2))
     assert len(pattern_key(a)) == 16

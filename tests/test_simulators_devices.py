@@ -3,6 +3,7 @@ triggered mode (also from the simulated trigger firmware), registry and the ship
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -29,7 +30,8 @@ from dmicro_hw.errors import (
     DeviceTimeoutError,
     FrameShapeError,
 )
-from dmicro_hw.simulators.bench import VirtualBench, bench_of, release_bench
+from dmicro_hw.rig import open_rig
+from dmicro_hw.simulators.bench import VirtualBench, bench_of
 from dmicro_hw.simulators.sim_camera import SimCamera
 from dmicro_hw.simulators.sim_slm import SimSLM, radians_to_grey
 
@@ -285,19 +287,20 @@ def test_registry_and_shipped_sim_rig():
     assert rig.slm.backend == "sim" and rig.camera.backend == "sim"
     assert rig.trigger.backend == "none"
     rig.camera.options = {**rig.camera.options, "paced": False, "prefill": False}
-    try:
-        slm = open_device("slm", rig.slm, rig)
-        cam = open_device("camera", rig.camera, rig)
+    with contextlib.ExitStack() as stack:
+        opened = open_rig(rig, stack)
+        slm, cam = opened.slm, opened.camera
         assert isinstance(slm, SimSLM) and isinstance(cam, SimCamera)
-        assert bench_of(slm) is bench_of(cam)
-        with slm, cam:
-            slm.show(np.zeros(rig.slm.pixels))
-            frames = list(cam.frames(max_frames=3))
-        n = rig.optics.field_size // rig.optics.binning
-        assert frames[-1].data.shape == (n, n) and frames[-1].data.dtype == np.uint16
-        assert 0 < frames[-1].data.mean() < 4095
-    finally:
-        release_bench(rig)
+        assert bench_of(slm) is bench_of(cam) is opened.ground_truth
+        slm.show(np.zeros(rig.slm.pixels))
+        frames = list(cam.frames(max_frames=3))
+    n = rig.optics.field_size // rig.optics.binning
+    assert frames[-1].data.shape == (n, n) and frames[-1].data.dtype == np.uint16
+    assert 0 < frames[-1].data.mean() < 4095
+    # opened alone through the registry, each simulated device gets a private bench
+    assert bench_of(open_device("slm", rig.slm, rig)) is not bench_of(
+        open_device("camera", rig.camera, rig)
+    )
 
 
 def test_bench_sim_command_writes_json(tmp_path):

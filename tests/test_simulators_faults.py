@@ -14,7 +14,6 @@ from dmicro_hw.config import (
     SLMDeviceConfig,
 )
 from dmicro_hw.errors import DeviceError, DeviceTimeoutError
-from dmicro_hw.simulators.bench import release_bench
 from dmicro_hw.simulators.faults import FaultInjector
 from dmicro_hw.simulators.sim_camera import SimCamera
 
@@ -28,9 +27,7 @@ def camera(fetch_timeout_s: float = 0.05, pixel_format: str = "Mono8", **faults)
         ),
         bench=BenchConfig(faults=FaultsConfig(**faults)),
     )
-    cam = SimCamera.from_config(rig.camera, rig)
-    release_bench(rig)  # the camera keeps its bench; do not grow the registry in tests
-    return cam
+    return SimCamera.from_config(rig.camera, rig)  # on a private bench
 
 
 def test_dropped_frames_are_id_gaps_and_seeded():

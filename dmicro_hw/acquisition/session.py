@@ -28,7 +28,7 @@ from typing import Any
 from dmicro_hw.acquisition.pipeline import Acquisition, AcquisitionOptions
 from dmicro_hw.config import RigConfig
 from dmicro_hw.errors import CheckpointError, ConfigError
-from dmicro_hw.rig import Twins, open_rig, release_twins
+from dmicro_hw.rig import Twins, open_rig
 from dmicro_hw.safe_io import check_output_dir, make_output_dir, release_space, reserve_space
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,6 @@ class Session:
             self._stack.close()
         finally:
             release_space(self._reserve)
-            release_twins(self.rig)
             if self.acq is None or self.acq.writer is None:
                 # nothing was recorded: leave no empty run folder behind
                 mine = self.store if self._claimed else None

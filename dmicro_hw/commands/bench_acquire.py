@@ -36,9 +36,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         from rich.table import Table
 
-        from dmicro_hw.acquisition.benchmark import run_benchmark
         from dmicro_hw.config import COMPRESSIONS, load_rig_config
         from dmicro_hw.errors import ConfigError
+        from dmicro_hw.evaluation.acquire_bench import run_benchmark
         from dmicro_hw.progress import make_console
 
         try:

@@ -9,6 +9,7 @@ bench without mismatch — one table and a JSON file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -93,9 +94,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.calibration.bundle import ADAPTED_CHECKPOINT
         from dmicro_hw.calibration.sequence import CalibrationOptions, LogReporter, run_calibration
         from dmicro_hw.config import load_rig_config
-        from dmicro_hw.drivers.base import open_device
         from dmicro_hw.errors import ConfigError
         from dmicro_hw.progress import make_console
+        from dmicro_hw.rig import open_rig
         from dmicro_hw.simulators.bench import bench_of, reveal_mismatch_for_scoring
 
         torch.set_num_threads(1)
@@ -118,9 +119,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             """Calibrate one virtual bench through its devices; (result, hidden truth, s)."""
             steps = ["registration", "lut", "fit"] + (["adapt"] if adapt else [])
             t0 = time.monotonic()
-            slm = open_device("slm", rig.slm, rig)
-            cam = open_device("camera", rig.camera, rig)
-            with slm, cam:
+            with contextlib.ExitStack() as stack:
+                opened = open_rig(rig, stack)  # the SLM and camera share one virtual bench
+                slm, cam = opened.slm, opened.camera
                 with console.status(f"{label}: calibrating …"):
                     res = run_calibration(
                         rig, slm, cam, steps, bdir, opts, LogReporter(), None,

@@ -39,8 +39,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         from dmicro_hw.config import RigConfig, load_rig_config
         from dmicro_hw.errors import ConfigError
+        from dmicro_hw.evaluation.sim_throughput import measure, rig_for
         from dmicro_hw.progress import make_console
-        from dmicro_hw.simulators.throughput import measure, rig_for
 
         torch.set_num_threads(threads)
         console = make_console()

@@ -6,6 +6,7 @@ dmicro calibrate --config configs/sim-rig.yaml [--steps registration,lut,fit,ada
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 from pathlib import Path
@@ -123,9 +124,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.calibration.bundle import ADAPTED_CHECKPOINT, load_bundle
         from dmicro_hw.calibration.sequence import CalibrationOptions, run_calibration
         from dmicro_hw.config import load_rig_config
-        from dmicro_hw.drivers.base import open_device
         from dmicro_hw.errors import CheckpointError
         from dmicro_hw.progress import make_console
+        from dmicro_hw.rig import open_rig
 
         torch.set_num_threads(1)  # small problems: extra threads only spin on a shared machine
         console = make_console()
@@ -160,11 +161,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             f"(N={rig.optics.field_size}, ×{rig.optics.compression}, SLM {rig.slm.pixels[0]}×"
             f"{rig.slm.pixels[1]}, {rig.slm.bit_depth} bit); steps: {', '.join(step_list)}"
         )
-        slm = open_device("slm", rig.slm, rig)
-        camera = open_device("camera", rig.camera, rig)
-        with slm, camera, RichReporter(console) as rep:
+        with contextlib.ExitStack() as stack, RichReporter(console) as rep:
+            r = open_rig(rig, stack)
             result = run_calibration(
-                rig, slm, camera, step_list, out, opts, rep, previous, Path(ck) if ck else None
+                rig, r.slm, r.camera, step_list, out, opts, rep, previous, Path(ck) if ck else None
             )
         if result.drift is not None:
             d = result.drift

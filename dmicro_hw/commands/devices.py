@@ -31,7 +31,7 @@ KINDS = ("slm", "camera", "trigger")
 
 
 def _producers() -> list[tuple[Path, str]]:
-    from dmicro_hw.drivers.genicam_camera import bundled_producers, gentl_path_producers
+    from dmicro_hw.drivers.gentl import bundled_producers, gentl_path_producers
 
     out: list[tuple[Path, str]] = [(p, "GENICAM_GENTL64_PATH") for p in gentl_path_producers()]
     seen = {p.resolve() for p, _ in out}
@@ -41,21 +41,9 @@ def _producers() -> list[tuple[Path, str]]:
 
 def _enumerate_cameras(cti: Path) -> str:
     """One line per device the producer sees (loads the producer in this process)."""
-    from dmicro_hw.extras import require
+    from dmicro_hw.drivers.gentl import enumerate_devices
 
-    require("harvesters.core", "dmicro devices genicam")
-    from harvesters.core import Harvester, ParameterKey, ParameterSet
-
-    from dmicro_hw.drivers.genicam_camera import _hv_log, check_producer, describe_device
-
-    check_producer(cti)
-    h = Harvester(config=ParameterSet({ParameterKey.LOGGER: _hv_log}))
-    try:
-        h.add_file(str(cti))
-        h.update()
-        devs = [describe_device(i) for i in h.device_info_list]
-    finally:
-        h.reset()
+    devs = enumerate_devices(cti)
     if not devs:
         return "no devices"
     return "\n".join(
@@ -143,7 +131,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         from dmicro_hw.drivers.base import available_backends
-        from dmicro_hw.drivers.screen_slm import x_display_info
+        from dmicro_hw.drivers.x11 import x_display_info
         from dmicro_hw.errors import DmicroError
         from dmicro_hw.progress import make_console
 
@@ -181,7 +169,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if not disp:
             t.add_row("—", "no X display ($DISPLAY unset; use --display)", "", "")
         else:
-            from dmicro_hw.drivers.screen_slm import _split_display
+            from dmicro_hw.drivers.x11 import _split_display
 
             base, _ = _split_display(disp)
             info = x_display_info(base)
@@ -257,10 +245,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         from dmicro_hw.config import CameraDeviceConfig
-        from dmicro_hw.drivers.genicam_camera import GenICamCamera, bundled_producers
-        from dmicro_hw.drivers.serial_trigger import SerialTrigger
+        from dmicro_hw.drivers.genicam_camera import GenICamCamera
+        from dmicro_hw.drivers.gentl import bundled_producers
+        from dmicro_hw.evaluation.device_bench import trigger_round_trip
         from dmicro_hw.progress import make_console
-        from dmicro_hw.simulators.sim_trigger import TriggerFirmware
 
         console = make_console()
         rows: list[tuple[str, str, str]] = []
@@ -336,39 +324,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 proc.wait(5)
         result["screen_slm"] = slm
 
-        with TriggerFirmware() as fw, SerialTrigger(fw.port, timeout_s=1.0) as trig:
-            rtt = []
-            for _ in range(300):
-                t0 = time.perf_counter()
-                trig.status()
-                rtt.append(time.perf_counter() - t0)
-            late: list[float] = []
-            fw.on_pulse(lambda i, t: late.append(time.monotonic() - t))
-            trig.arm(1000.0, 500)
-            trig.fire()
-            while trig.status()["running"]:
-                time.sleep(0.01)
-        rtt_ms = np.array(rtt) * 1e3
-        late_ms = np.array(late) * 1e3
-        result["trigger"] = {
-            "rtt_ms_p50": float(np.median(rtt_ms)),
-            "rtt_ms_p99": float(np.percentile(rtt_ms, 99)),
-            "pulses": len(late),
-            "pulse_late_ms_p50": float(np.median(late_ms)),
-            "pulse_late_ms_p99": float(np.percentile(late_ms, 99)),
-        }
+        with console.status("serial trigger round trip (pty) …"):
+            trig = trigger_round_trip()
+        result["trigger"] = trig
         rows.append(
             (
                 "serial trigger STATUS round trip (pty)",
-                f"{np.median(rtt_ms):.3f} ms median",
-                f"p99 {np.percentile(rtt_ms, 99):.3f} ms",
+                f"{trig['rtt_ms_p50']:.3f} ms median",
+                f"p99 {trig['rtt_ms_p99']:.3f} ms",
             )
         )
         rows.append(
             (
                 "sim trigger pulse lateness at 1 kHz",
-                f"{np.median(late_ms):.2f} ms median",
-                f"p99 {np.percentile(late_ms, 99):.2f} ms, {len(late)} pulses (counts exact)",
+                f"{trig['pulse_late_ms_p50']:.2f} ms median",
+                f"p99 {trig['pulse_late_ms_p99']:.2f} ms, {trig['pulses']} pulses (counts exact)",
             )
         )
 

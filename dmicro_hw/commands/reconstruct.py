@@ -197,17 +197,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 
 def _score_if_simulated(store: Path, decoder: dict) -> dict | None:
-    """Re-create the simulated bench from the recorded rig and score; None for a real rig."""
+    """Score against the ground truth of the recorded rig (the rig seam re-creates the twin of a
+    simulated run); None for a real rig."""
     from dmicro_hw.acquisition.scoring import score_store
     from dmicro_hw.acquisition.writer import RunReader
-    from dmicro_hw.config import RigConfig, validate
+    from dmicro_hw.rig import recorded_ground_truth
 
-    attrs = RunReader(store).attrs
-    rig_d = attrs.get("rig")
-    if not rig_d or rig_d.get("camera", {}).get("backend") != "sim":
+    truth = recorded_ground_truth(RunReader(store).attrs.get("rig"), f"{store} (recorded rig)")
+    if truth is None:
         return None
-    from dmicro_hw.simulators.bench import VirtualBench
-
-    rig = validate(RigConfig, rig_d, f"{store} (recorded rig)")
-    bench = VirtualBench.from_rig(rig)
-    return score_store(store, bench, float(decoder["phase_max_rad"]))
+    return score_store(store, truth, float(decoder["phase_max_rad"]))

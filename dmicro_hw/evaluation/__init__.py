@@ -1,4 +1,7 @@
-"""Scoring and validation of the instrument: known-object (bead) fits and run validation.
+"""Scoring, validation and benchmarks of the instrument: known-object (bead) fits, checkpoint
+evaluation, and the measurements behind ``dmicro bench`` (optics, acquisition, simulated devices,
+device round trips).
 
-This package may import :mod:`dmicro_hw.simulators` (to score simulated runs against the truth).
+This package and the rig seam (:mod:`dmicro_hw.rig`) are the only places that may import
+:mod:`dmicro_hw.simulators` (tests/test_import_graph.py checks the whole import graph).
 """
