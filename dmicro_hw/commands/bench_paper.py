@@ -102,7 +102,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
             torch.set_num_threads(threads)
         preset, device = value(preset), value(device)
-        ratio_list = parse_list(ratios, RATIOS, "ratios", int)
+        ratio_list = sorted(parse_list(ratios, RATIOS, "ratios", int))
         method_list = parse_list(methods, METHODS, "methods", str)
         resolve_device(device)
         console.print(
@@ -169,5 +169,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 )
             table.add_section()
         console.print(table)
-        console.print(f"total {report['total_time_s']:.0f} s on {report['device']}")
+        console.print(
+            f"training {report['train_time_total_s']:.0f} s in all "
+            f"({report['total_time_s']:.0f} s in this run) on {report['device']}"
+        )
         console.print(f"wrote {out / 'bench-paper.json'} and {fig}")

@@ -182,7 +182,7 @@ def run_paper_bench(
     """
     from dmicro_hw import __version__
     from dmicro_hw.data import build_datasets
-    from dmicro_hw.training.trainer import EVAL_NOISE_SEED, Trainer, phase_batch
+    from dmicro_hw.training.trainer import EVAL_NOISE_SEED, Trainer, phase_batch, resolve_device
 
     if preset not in PRESETS:
         raise ConfigError(f"--preset: must be one of {', '.join(PRESETS)} (got {preset!r})")
@@ -197,7 +197,7 @@ def run_paper_bench(
     rows: list[dict[str, Any]] = []
     recons: dict[tuple[str, int], Any] = {}
     t_all = time.perf_counter()
-    dev_name = None
+    dev_name = str(resolve_device(device))
     done = done or {}
     for ratio in ratios:
         for method in methods:
@@ -253,6 +253,7 @@ def run_paper_bench(
         "ratios": list(ratios),
         "methods": list(methods),
         "results": rows,
-        "total_time_s": time.perf_counter() - t_all,
+        "total_time_s": time.perf_counter() - t_all,  # this invocation (resumed runs excluded)
+        "train_time_total_s": sum(r["train_time_s"] for r in rows),
     }
     return {"report": report, "recons": recons, "example": example[0].numpy()}
