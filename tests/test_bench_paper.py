@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from dmicro_hw.training.paper_bench import METHODS, PRESETS, RATIOS, bench_config, parse_list
+from dmicro_hw.evaluation.paper_bench import METHODS, PRESETS, RATIOS, bench_config, parse_list
 
 
 def test_bench_configs_and_parsing():

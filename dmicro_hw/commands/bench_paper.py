@@ -85,14 +85,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         prints a table, writes bench-paper.json and bench-paper.png."""
         from rich.table import Table
 
-        from dmicro_hw.progress import make_console
-        from dmicro_hw.training.paper_bench import (
+        from dmicro_hw.evaluation.paper_bench import (
             METHODS,
             PRESETS,
             RATIOS,
             parse_list,
             run_paper_bench,
         )
+        from dmicro_hw.progress import make_console
         from dmicro_hw.training.plots import save_bench_figure
         from dmicro_hw.training.trainer import RichProgress, resolve_device
 
