@@ -239,6 +239,14 @@ class DecoderConfig(StrictModel):
     )
     base_channels: int = Field(32, ge=4, le=512)
     depth: int = Field(3, ge=1, le=6)
+    head_shuffle: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="unet output head: 1 = conv to 1 channel at full resolution (checkpoints "
+        "before this key); r > 1 (power of two ≤ the binning) = sub-pixel head, conv to r² "
+        "channels at N/r then PixelShuffle(r), so no convolution runs at full size",
+    )
     # SwinIR-style options (paper: embed 180, 6 groups × 6 blocks, window 8)
     embed_dim: int = Field(60, ge=8, le=512)
     num_groups: int = Field(2, ge=1, le=12)

@@ -23,11 +23,17 @@ __all__ = ["SwinIRDecoder", "UNetDecoder", "build_decoder", "count_parameters"]
 def build_decoder(cfg: DecoderConfig, binning: int) -> nn.Module:
     """The decoder described by ``cfg`` for k×k binning (k = 2, 4, 8, 16)."""
     if cfg.kind == "unet":
+        r = cfg.head_shuffle
+        if r & (r - 1) or r > binning:
+            raise ConfigError(
+                f"decoder.head_shuffle must be a power of two ≤ the binning ({binning}), got {r}"
+            )
         return UNetDecoder(
             binning,
             base_channels=cfg.base_channels,
             depth=cfg.depth,
             normalize_input=cfg.input_norm == "per_frame",
+            head_shuffle=r,
         )
     if cfg.kind == "swinir":
         if cfg.embed_dim % cfg.num_heads:

@@ -90,9 +90,15 @@ class UNetDecoder(nn.Module):
         base_channels: int = 32,
         depth: int = 3,
         normalize_input: bool = True,
+        head_shuffle: int = 1,
     ) -> None:
         super().__init__()
         self.binning = check_binning(binning)
+        self.head_shuffle = check_binning(head_shuffle)
+        if self.head_shuffle > self.binning:
+            raise ValueError(
+                f"head_shuffle ({head_shuffle}) must not exceed the binning ({self.binning})"
+            )
         self.depth = int(depth)
         self.normalize_input = normalize_input
         c = int(base_channels)
@@ -109,12 +115,17 @@ class UNetDecoder(nn.Module):
         # super-resolution tail: log2(k) ×2 stages, channels tapering to ≥ 8
         stages: list[nn.Module] = []
         c_prev = c
-        for s in range(int(math.log2(self.binning))):
+        for s in range(int(math.log2(self.binning // self.head_shuffle))):
             c_out = max(c // 2 ** (s + 1), 8)
             stages += [ShuffleUp(c_prev, c_out), nn.Conv2d(c_out, c_out, 3, padding=1), _act()]
             c_prev = c_out
         self.tail = nn.Sequential(*stages)
-        self.head = nn.Conv2d(c_prev, 1, 3, padding=1)
+        r = self.head_shuffle
+        self.head = (
+            nn.Conv2d(c_prev, 1, 3, padding=1)
+            if r == 1  # full-resolution head (checkpoints before head_shuffle)
+            else nn.Sequential(nn.Conv2d(c_prev, r * r, 3, padding=1), nn.PixelShuffle(r))
+        )
         self.direct = nn.Sequential(
             nn.Conv2d(c, self.binning**2, 3, padding=1), nn.PixelShuffle(self.binning)
         )
