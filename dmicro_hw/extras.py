@@ -9,6 +9,7 @@ which turns a missing library into one line naming the pip extra that installs i
 | ``dask`` | dask[array] | ``dmicro reconstruct --dask`` |
 | ``video`` | imageio-ffmpeg | ``dmicro view`` H.264 video |
 | ``napari`` | napari, npe2 | the ``napari-dmicro`` reader in napari |
+| ``onnx`` | onnx, onnxruntime | decoder runtimes ``onnx``, ``onnx-int8`` |
 
 ``pip install 'dmicro-hw[all]'`` installs all of them but napari.
 """
@@ -29,6 +30,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "dask": ("dask", "dask"),
     "imageio_ffmpeg": ("video", "imageio-ffmpeg"),
     "napari": ("napari", "napari"),
+    "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnx", "onnxruntime"),
 }
 
 

@@ -6,8 +6,11 @@
 
 On CUDA the batch goes through a pinned host buffer with non-blocking copies, and the decoder runs
 under autocast (bfloat16/float16) only if a self-check at start-up shows it keeps the normalised
-phase within ``autocast_tol`` of float32; otherwise it stays in float32. On the CPU it runs in
-float32 under ``torch.inference_mode``.
+phase within ``autocast_tol`` of float32; otherwise it stays in float32. On the CPU the decoder
+runs in the fastest :mod:`runtime <dmicro_hw.models.runtime>` that keeps the normalised phase of
+a sample batch within ``runtime_tol`` of eager float32 (``runtime="auto"``: ONNX Runtime, or a
+compiled graph already built by ``dmicro bench decoders``; eager, channels_last, otherwise — the
+reason is logged and in :meth:`Reconstructor.info`).
 
 :class:`ReconWorker` is the live consumer: it reads the frame ring as a *lossy* consumer, so a slow
 decoder never holds the camera or the raw writer back; frames it could not reach are stored with
@@ -75,6 +78,12 @@ class Reconstructor:
         max_batch: largest batch (pinned buffers are sized for it).
         autocast: 'auto' (use it if accurate), 'off', or 'on' (CUDA only).
         autocast_tol: largest allowed |Δ| of the normalised phase (fraction of phase_max).
+        runtime: CPU decoder runtime: 'eager', 'auto' (fastest accurate one, see the module
+            docstring) or one name of :data:`dmicro_hw.models.runtime.CPU_RUNTIMES` (still
+            checked against eager on a sample batch; eager with a logged reason if it fails).
+        runtime_tol: largest allowed |Δ| of the normalised phase for a non-eager runtime.
+        runtime_cache: folder of built graphs (None: ONNX is exported to a temporary folder,
+            nothing is reused).
     """
 
     def __init__(
@@ -89,6 +98,9 @@ class Reconstructor:
         autocast: str = "auto",
         autocast_tol: float = 2e-3,
         threads: int | None = None,
+        runtime: str = "eager",
+        runtime_tol: float = 2e-3,
+        runtime_cache: Path | str | None = None,
     ) -> None:
         import torch
 
@@ -126,6 +138,10 @@ class Reconstructor:
         self.autocast_error: float | None = getattr(self, "autocast_error", None)
         self.measurement: Any = None
         self.refine = RefineOptions()
+        self.runtime: Any = None  # a DecoderRuntime replacing model.decode (CPU only)
+        self.runtime_report: dict[str, Any] = {"selected": "eager", "reason": "requested"}
+        if self.device == "cpu" and runtime != "eager":
+            self._choose_runtime(runtime, runtime_tol, runtime_cache)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -152,6 +168,10 @@ class Reconstructor:
                 f"{train_cfg.optics.compression}, but the rig has optics.field_size "
                 f"{o.field_size} ×{o.compression}"
             )
+        from dmicro_hw.models.runtime import default_cache_dir
+
+        kwargs.setdefault("runtime", "auto")
+        kwargs.setdefault("runtime_cache", default_cache_dir(checkpoint))
         rec = cls(
             model,
             rig.sensor,
@@ -183,7 +203,9 @@ class Reconstructor:
         import torch
 
         x = x * self._scale + self._shift
-        if self.autocast_dtype is not None:
+        if self.runtime is not None:
+            y = self.runtime(x)
+        elif self.autocast_dtype is not None:
             with torch.autocast("cuda", dtype=self.autocast_dtype):
                 y = self.model.decode(x)
             y = y.float()
@@ -284,6 +306,45 @@ class Reconstructor:
         adu = (inten.numpy() - self._shift) / self._scale
         return adu.astype(np.float32)
 
+    def _choose_runtime(self, runtime: str, tol: float, cache: Path | str | None) -> None:
+        """Pick the CPU decoder runtime (see the module docstring); eager on any failure."""
+        import torch
+
+        from dmicro_hw.models.runtime import CPU_RUNTIMES, Standardised, select_runtime
+
+        if runtime != "auto" and runtime not in CPU_RUNTIMES:
+            raise ConfigError(
+                f"decoder runtime must be 'auto' or one of {list(CPU_RUNTIMES)}, got {runtime!r}"
+            )
+        candidates = ["onnx", "compiled"] if runtime == "auto" else [runtime]
+        net = Standardised(self.model.decoder, self.model.frame_mean, self.model.frame_std)
+        raw = self._probe_frames(min(self.max_batch, 8))
+        sample = torch.from_numpy(raw) * self._scale + self._shift
+        try:
+            sel = select_runtime(
+                net,
+                sample,
+                candidates,
+                tol=tol,
+                cache_dir=cache,
+                threads=torch.get_num_threads(),
+                max_batch=self.max_batch,
+                build_if_missing=("onnx",) if runtime == "auto" else (runtime,),
+            )
+        except Exception as e:  # noqa: BLE001 - a faster runtime is optional, decoding is not
+            log.info("decoder runtime: eager (selection failed: %s: %s)", type(e).__name__, e)
+            self.runtime_report = {"selected": "eager", "reason": f"selection failed: {e}"}
+            return
+        if sel.runtime.name != "eager":
+            self.runtime = sel.runtime
+        else:  # the module itself, now with channels_last weights
+            self.model.decoder.to(memory_format=torch.channels_last)
+        self.runtime_report = {
+            "selected": sel.runtime.name,
+            "reason": sel.reason,
+            "candidates": sel.report,
+        }
+
     def _choose_autocast(self, force: bool, tol: float) -> Any:
         import torch
 
@@ -324,6 +385,8 @@ class Reconstructor:
             "refine_iterations": self.refine.iterations,
             "refine_prior_weight": self.refine.prior_weight,
             "pixel_scale": self.pixel_scale,
+            "decoder_runtime": self.runtime_report.get("selected", "eager"),
+            "decoder_runtime_reason": self.runtime_report.get("reason"),
         }
 
 
