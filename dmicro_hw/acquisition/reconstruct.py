@@ -318,7 +318,7 @@ class Reconstructor:
             )
         candidates = ["onnx", "compiled"] if runtime == "auto" else [runtime]
         net = Standardised(self.model.decoder, self.model.frame_mean, self.model.frame_std)
-        raw = self._probe_frames(min(self.max_batch, 8))
+        raw = self._probe_frames(min(self.max_batch, 4))
         sample = torch.from_numpy(raw) * self._scale + self._shift
         try:
             sel = select_runtime(

@@ -29,8 +29,23 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         out: Path = typer.Option(
             Path("runs/bench-acquire.json"), "--out", "-o", help="JSON output"
         ),
+        min_repeats: int = typer.Option(
+            3, "--min-repeats", min=1, max=100, help="whole runs before judging stability"
+        ),
+        max_repeats: int = typer.Option(
+            6, "--max-repeats", min=1, max=100, help="stop after this many runs, stable or not"
+        ),
+        tolerance: float = typer.Option(
+            0.15,
+            "--tolerance",
+            min=0.0,
+            help="stable when every figure of the last 3 runs is within this fraction "
+            "((max − min) / median)",
+        ),
     ) -> None:
-        """Measure acquisition: capture fps and losses, decode fps and p99 latency; table + JSON."""
+        """Measure acquisition: capture fps and losses, decode fps and p99 latency; repeated
+        until the figures are stable (or --max-repeats), with the machine's load of each run;
+        tables show the median of the last 3 runs; table + JSON."""
         import json
         import platform
 
@@ -39,6 +54,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.config import COMPRESSIONS, load_rig_config
         from dmicro_hw.errors import ConfigError
         from dmicro_hw.evaluation.acquire_bench import run_benchmark
+        from dmicro_hw.evaluation.machine_load import describe
+        from dmicro_hw.evaluation.stable_repeats import repeat_until_stable
         from dmicro_hw.progress import make_console
 
         try:
@@ -58,21 +75,63 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     f"--compressions: ×{c} needs field_size divisible by {k} "
                     f"(rig has {rig.optics.field_size})"
                 )
+        if min_repeats > max_repeats:
+            raise ConfigError(
+                f"--min-repeats ({min_repeats}) must not exceed --max-repeats ({max_repeats})"
+            )
         console = make_console()
-        res = run_benchmark(
-            rig,
-            compressions=comps,
-            capture_frames=frames,
-            capture_rate_hz=rate,
-            live_rate_hz=live_rate,
-            live_compression=live_compression,
-            live_frames=live_frames,
-            threads=threads,
-            decode_seconds=decode_seconds,
-            progress=lambda m: console.print(f"[dim]{m}[/]"),
+
+        def once(i: int) -> dict:
+            console.print(f"[bold]run {i + 1} (at most {max_repeats})[/]")
+            return run_benchmark(
+                rig,
+                compressions=comps,
+                capture_frames=frames,
+                capture_rate_hz=rate,
+                live_rate_hz=live_rate,
+                live_compression=live_compression,
+                live_frames=live_frames,
+                threads=threads,
+                decode_seconds=decode_seconds,
+                progress=lambda m: console.print(f"[dim]{m}[/]"),
+            )
+
+        def said(i: int, load: dict, stable: bool) -> None:
+            console.print(f"[dim]run {i + 1}: {describe(load)}; stable: {stable}[/]")
+
+        rep = repeat_until_stable(
+            once,
+            acquire_figures,
+            min_repeats=min_repeats,
+            max_repeats=max_repeats,
+            window=min(3, max_repeats),
+            tol=tolerance,
+            on_repeat=said,
         )
+        res = with_medians(rep.runs[-1], rep.figures)
+        res["stability"] = rep.to_json()
         res["platform"] = platform.platform()
         res["config"] = str(config)
+        reps = Table(
+            title=f"runs ({'stable' if rep.stable else 'NOT stable'}: last {rep.window} within "
+            f"{100 * tolerance:.0f} %; tables below = their medians)"
+        )
+        for col in ("run", "seconds", "load 1/5/15 min", "CPUs", "other processes' CPU"):
+            reps.add_column(col, justify="right")
+        for i, ld in enumerate(rep.loads):
+            la = ld.get("load_avg")
+            others = ld.get("others_share")
+            reps.add_row(
+                str(i + 1),
+                f"{ld['seconds']:.0f}",
+                "/".join(f"{x:.1f}" for x in la) if la else "n/a",
+                str(ld.get("usable_cpus")),
+                "n/a" if others is None else f"{100 * others:.0f} %",
+            )
+        worst = sorted(rep.figures.items(), key=lambda kv: -kv[1]["spread"])[:3]
+        reps.caption = "largest spreads: " + ", ".join(
+            f"{k} {100 * v['spread']:.0f} %" for k, v in worst
+        )
 
         cap = Table(title=f"raw capture (SimCamera → ring → Zarr, no decoding), {frames} frames")
         for col in ("×k²", "frame", "camera", "sustained fps", "lost", "writer s", "waits s"):
@@ -148,6 +207,43 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 f"{r['latency_ms_p50'] or 0:.0f} / {r['latency_ms_p99'] or 0:.0f}",
             )
         console.print(live)
+        console.print(reps)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_safely(out, json.dumps(res, indent=2) + "\n")
         console.print(f"written {out}")
+
+
+#: per table, the row fields that must be stable across runs, and how a row is named
+_FIGURES = {
+    "capture": (("sustained_fps",), lambda r: f"capture ×{r['compression']} "
+                + ("paced" if r["paced"] else "unpaced")),
+    "decode": (("decode_fps",), lambda r: f"decode ×{r['compression']} {r['device']} "
+               f"b{r['batch']}"),
+    "live": (("latency_ms_p99",), lambda r: f"live ×{r['compression']} {r['device']}"),
+}  # fmt: skip
+
+
+def acquire_figures(res: dict) -> dict[str, float]:
+    """The numbers of one ``run_benchmark`` result that must agree between runs, by name
+    ('decode ×64 cpu b8 decode_fps': 231.0, …)."""
+    out = {}
+    for table, (keys, name) in _FIGURES.items():
+        for r in res.get(table, []):
+            for k in keys:
+                if r.get(k) is not None:
+                    out[f"{name(r)} {k}"] = float(r[k])
+    return out
+
+
+def with_medians(res: dict, figures: dict[str, dict]) -> dict:
+    """A copy of ``res`` whose stability figures are replaced by their medians over the window."""
+    import copy
+
+    res = copy.deepcopy(res)
+    for table, (keys, name) in _FIGURES.items():
+        for r in res.get(table, []):
+            for k in keys:
+                f = figures.get(f"{name(r)} {k}")
+                if f is not None:
+                    r[k] = f["median"]
+    return res

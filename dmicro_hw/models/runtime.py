@@ -562,7 +562,8 @@ def select_runtime(
         report[name] = {"status": "ok", "max_abs_err": err}
         ok.append((name, rt))
     if not ok:
-        reason = "eager: no other runtime available and accurate"
+        why = "; ".join(f"{n} {r['status']}" for n, r in report.items() if n != "eager")
+        reason = f"eager: {why or 'no other runtime requested'}"
         log.info("decoder runtime: %s", reason)
         return Selection(eager, report, reason)
     # time the survivors and eager, interleaved, on the sample batch
