@@ -15,6 +15,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         rounds: int = typer.Option(10, "--rounds", min=1, help="interleaved rounds (min kept)"),
         threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads"),
         out: Path = typer.Option(Path("runs/bench-optics.json"), "--out", "-o", help="JSON"),
+        peers: Path | None = typer.Option(
+            None,
+            "--peers",
+            help="venv with peer libraries (bash scripts/install-optics-peers.sh): their "
+            "padded ASM on the same input, timed against the floor in their process",
+        ),
     ) -> None:
         """Time our ASM (padded, unpadded, forward+backward) and LFF encoder beside the two-FFT
         floor and the previous implementation, on identical inputs; accuracy against float64."""
@@ -26,7 +32,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         from dmicro_hw.errors import ConfigError
-        from dmicro_hw.evaluation.optics_bench import bench_optics
+        from dmicro_hw.evaluation.machine_load import LoadMeter, describe
+        from dmicro_hw.evaluation.optics_bench import bench_optics, bench_peers, peer_python
         from dmicro_hw.progress import make_console
 
         try:
@@ -37,8 +44,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             ) from None
         if not ns or any(n < 8 or n > 8192 for n in ns):
             raise ConfigError(f"--sizes: {sizes!r}: each size must be in 8…8192")
+        if peers is not None:
+            peer_python(peers)  # a wrong --peers fails before anything runs
+            if batch != 1:
+                raise ConfigError("--peers compares single fields: use --batch 1")
         torch.set_num_threads(threads)
+        meter = LoadMeter()
         rows = bench_optics(ns, batch, rounds)
+        peer_rows: list[dict] = []
+        if peers is not None:
+            by = {(r["size"], r["case"]): r["ms"] for r in rows}
+            ours = {n: (by[(n, "ASM padded")], by[(n, "floor: 2 FFTs (2N)²")]) for n in ns}
+            peer_rows = bench_peers(peers, ns, rounds, threads=threads, ours_ms=ours)
+        load = meter.stop()
         t = Table(
             title=f"dmicro bench optics (batch {batch}, {threads} thread(s), min of {rounds})"
         )
@@ -53,17 +71,39 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "" if r["speedup_vs_before"] is None else f"{r['speedup_vs_before']:.2f}",
                 "" if r["rel_error"] is None else f"{r['rel_error']:.1e}",
             )
+        t.caption = describe(load)
         console = make_console()
         console.print(t)
+        if peers is not None:
+            pt = Table(
+                title="peers: padded angular spectrum, same input (their venv, their process)",
+                caption="× floor: ms ÷ the two-FFT (2N)² floor timed in the same process; "
+                "× ours: that ÷ our padded ASM's × floor; rel. error against the complex128 "
+                "band-limited 2×-padded ASM (other conventions count as error)",
+            )
+            for col in ("N", "peer", "status", "ms", "× floor", "× ours", "rel. error"):
+                pt.add_column(col, justify="left" if col in ("peer", "status") else "right")
+            for r in peer_rows:
+                pt.add_row(
+                    str(r["size"]),
+                    r["case"],
+                    r["status"],
+                    "" if r.get("ms") is None else f"{r['ms']:.3f}",
+                    "" if r.get("x_floor") is None else f"{r['x_floor']:.2f}",
+                    "" if r.get("x_ours") is None else f"{r['x_ours']:.2f}",
+                    "" if r.get("rel_error") is None else f"{r['rel_error']:.1e}",
+                )
+            console.print(pt)
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "torch": torch.__version__,
             "threads": threads,
             "machine": platform.machine(),
             "load_avg": os.getloadavg(),
+            "load": load,
             "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-            "peers": "not run: odak, svetlanna, torchoptics, hcipy, prysm, diffractsim are not "
-            "installed here (no separate peer venv yet)",
+            "peers_venv": None if peers is None else str(peers),
         }
-        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        doc = {"meta": meta, "rows": rows, "peers": peer_rows}
+        out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         console.print(f"JSON: {out}")

@@ -12,15 +12,18 @@ NumPy reference of the same operator.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dmicro_hw.config import OpticsConfig
+from dmicro_hw.errors import ConfigError
 from dmicro_hw.optics.fourier4f import LFFEncoder
 from dmicro_hw.optics.propagation import angular_spectrum, asm_transfer
 
@@ -226,4 +229,131 @@ def bench_optics(
                     "rel_error": c.rel_error,
                 }
             )
+    return rows
+
+
+# ----------------------------------------------------------------------------- peers
+PEER_RUNNER = Path(__file__).with_name("optics_peers_runner.py")
+
+
+def peer_python(venv: Path) -> Path:
+    """The python of a peer venv (made by scripts/install-optics-peers.sh)."""
+    for rel in ("bin/python", "Scripts/python.exe"):
+        p = Path(venv) / rel
+        if p.exists():
+            return p
+    raise ConfigError(
+        f"--peers: {venv} is not a virtual environment (no bin/python); make it with "
+        "bash scripts/install-optics-peers.sh"
+    )
+
+
+def peer_field(n: int, seed: int = 0) -> np.ndarray:
+    """The peers' common input (N, N) complex128: a thin phase object, exp(i·φ) with φ a random
+    screen low-passed to σ = 3 px (±π), under a soft super-Gaussian aperture of radius 0.35 N.
+    Smooth and compact, so conventions that only differ where a field has no energy (near the
+    Nyquist frequency, the window's edge) do not count as error."""
+    rng = np.random.default_rng(seed)
+    f = np.fft.fftfreq(n)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    low = np.exp(-2 * (np.pi * 3.0) ** 2 * (fx**2 + fy**2))  # Gaussian blur, σ = 3 px
+    phi = np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, n))) * low).real
+    phi *= np.pi / np.abs(phi).max()
+    y, x = np.mgrid[:n, :n] - (n - 1) / 2
+    aperture = np.exp(-(((x**2 + y**2) / (0.35 * n) ** 2) ** 4))
+    return aperture * np.exp(1j * phi)
+
+
+def bench_peers(
+    venv: Path,
+    sizes: list[int],
+    rounds: int = 10,
+    distance_m: float = 20e-6,
+    threads: int = 1,
+    timeout_s: float = 900.0,
+    ours_ms: dict[int, tuple[float, float]] | None = None,
+) -> list[dict]:
+    """Padded ASM of every peer installed in ``venv``, on the same seeded field as our cases.
+
+    The peers run in their own interpreter (their venv, never ours), which also times the
+    two-FFT floor at (2N)², so each peer's ``x_floor`` is load-normalised within its process;
+    ``x_ours`` = peer's x_floor ÷ our padded ASM's x_floor (``ours_ms[N]`` = (ASM ms, floor
+    ms) from :func:`bench_optics`), i.e. how many times slower than ours at equal load. The
+    outputs come back as arrays and are scored here against the complex128 reference (the
+    band-limited, 2× zero-padded ASM): a peer with other conventions (no band limit, no
+    padding) shows that as error. Peers that are missing or fail are rows with the reason.
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    py = peer_python(venv)
+    rows: list[dict] = []
+    for n in sizes:
+        field64 = peer_field(n)
+        ref = _asm_reference(field64, distance_m, pad=True)
+        ours = angular_spectrum(
+            torch.from_numpy(field64).to(torch.complex64)[None], distance_m, WAVELENGTH_M, PITCH_M
+        )[0].numpy()
+        asm = ours_ms.get(n) if ours_ms else None
+        rows.append(
+            {
+                "size": n,
+                "batch": 1,
+                "case": "ours: dmicro_hw angular_spectrum (padded)",
+                "method": "band-limited ASM, 2N zero padding, complex64",
+                "status": "ok",
+                "ms": asm[0] if asm else None,
+                "x_floor": round(asm[0] / asm[1], 3) if asm else None,
+                "speedup_vs_before": None,
+                "rel_error": _rel(ours, ref),
+                "x_ours": 1.0 if asm else None,
+            }
+        )
+        with tempfile.TemporaryDirectory(prefix="dmicro-peers-") as td:
+            inp, out = Path(td) / "in.npz", Path(td) / "out.npz"
+            np.savez(
+                inp,
+                field=field64,
+                wavelength_m=WAVELENGTH_M,
+                pitch_m=PITCH_M,
+                distance_m=distance_m,
+                rounds=rounds,
+                threads=threads,
+            )
+            try:
+                proc = subprocess.run(
+                    [str(py), str(PEER_RUNNER), str(inp), str(out)],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout_s,
+                    env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                )
+            except subprocess.TimeoutExpired:
+                rows.append({"size": n, "case": "peers", "status": f"timed out ({timeout_s} s)"})
+                continue
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+                rows.append({"size": n, "case": "peers", "status": f"runner failed: {tail[0]}"})
+                continue
+            report = json.loads(proc.stdout.strip().splitlines()[-1])
+            outputs = dict(np.load(out)) if out.exists() else {}
+        floor = report.get("floor_ms")
+        for name, r in report["peers"].items():
+            row = {
+                "size": n,
+                "batch": 1,
+                "case": f"peer: {name} {r.get('version', '')}".strip(),
+                "method": r.get("method"),
+                "status": r["status"],
+                "ms": r.get("ms"),
+                "x_floor": round(r["ms"] / floor, 3) if r.get("ms") and floor else None,
+                "speedup_vs_before": None,
+                "rel_error": _rel(outputs[name], ref) if name in outputs else None,
+                "x_ours": None,
+            }
+            if row["x_floor"] and ours_ms and n in ours_ms:
+                asm, asm_floor = ours_ms[n]
+                row["x_ours"] = round(row["x_floor"] / (asm / asm_floor), 3)
+            rows.append(row)
     return rows
