@@ -3,7 +3,8 @@
 # a separate virtual environment (never into the project's: they are not dependencies).
 #   bash scripts/install-optics-peers.sh [VENV=.venv-peers]
 # torch is pinned to the version of the python that runs this script (the CPU wheel here), so no
-# peer can pull another (multi-GB CUDA) torch. A peer that does not install is reported, not fatal.
+# peer can pull another (multi-GB CUDA) torch; setuptools < 81 keeps pkg_resources, which prysm
+# imports. A peer that does not install is reported, not fatal.
 set -uo pipefail
 VENV=${1:-.venv-peers}
 PEERS=(odak svetlanna torchoptics hcipy prysm diffractsim)
@@ -13,10 +14,10 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 CONSTRAINTS="$VENV/constraints.txt"
 if [ -n "$TORCH" ]; then
     echo "torch==$TORCH" > "$CONSTRAINTS"
-    "${PIP[@]}" "torch==$TORCH" numpy scipy || exit 1
+    "${PIP[@]}" "torch==$TORCH" numpy scipy "setuptools<81" || exit 1
 else
     : > "$CONSTRAINTS"
-    "${PIP[@]}" "torch==2.13.*" numpy scipy || exit 1
+    "${PIP[@]}" "torch==2.13.*" numpy scipy "setuptools<81" || exit 1
 fi
 ok=()
 for p in "${PEERS[@]}"; do

@@ -79,7 +79,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 title="peers: padded angular spectrum, same input (their venv, their process)",
                 caption="× floor: ms ÷ the two-FFT (2N)² floor timed in the same process; "
                 "× ours: that ÷ our padded ASM's × floor; rel. error against the complex128 "
-                "band-limited 2×-padded ASM (other conventions count as error)",
+                "band-limited 2×-padded ASM, up to a global phase (other conventions count)",
             )
             for col in ("N", "peer", "status", "ms", "× floor", "× ours", "rel. error"):
                 pt.add_column(col, justify="left" if col in ("peer", "status") else "right")

@@ -113,11 +113,14 @@ def hcipy_(u, wl, dx, z):
 def prysm_(u, wl, dx, z):
     from prysm.propagation import angular_spectrum
 
-    # prysm units: wavelength µm, dx µm, z mm; Q = pad factor
-    def run():
-        return angular_spectrum(u, wl * 1e6, dx * 1e6, z * 1e3, Q=2)
+    n = u.shape[-1]
+    p = n // 2
 
-    return run, "prysm.propagation.angular_spectrum(Q=2)"
+    # prysm units: wavelength µm, dx mm, z mm; Q = 2 pads the field to 2N (output 2N: crop)
+    def run():
+        return angular_spectrum(u, wl * 1e6, dx * 1e3, z * 1e3, Q=2)[p : p + n, p : p + n]
+
+    return run, "prysm.propagation.angular_spectrum(Q=2): paraxial transfer function, e^-i"
 
 
 def diffractsim_(u, wl, dx, z):
@@ -125,14 +128,17 @@ def diffractsim_(u, wl, dx, z):
 
     ds.set_backend("CPU")
     n = u.shape[-1]
+    g, sl = _pad(u)
+    field = ds.MonochromaticField(
+        wavelength=wl, extent_x=2 * n * dx, extent_y=2 * n * dx, Nx=2 * n, Ny=2 * n
+    )
 
     def run():
-        F = ds.MonochromaticField(wavelength=wl, extent_x=n * dx, extent_y=n * dx, Nx=n, Ny=n)
-        F.E = u.copy()
-        F.propagate(z)
-        return F.E
+        field.E = g.copy()
+        field.propagate(z)
+        return field.E[sl, sl]
 
-    return run, "diffractsim MonochromaticField.propagate (its own scaling)"
+    return run, "diffractsim MonochromaticField.propagate on a 2N grid"
 
 
 PEERS = {
