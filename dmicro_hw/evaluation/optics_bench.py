@@ -336,6 +336,7 @@ def bench_peers(
                     text=True,
                     timeout=timeout_s,
                     env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                    cwd=td,  # some peers write log files into the working directory
                 )
             except subprocess.TimeoutExpired:
                 rows.append({"size": n, "case": "peers", "status": f"timed out ({timeout_s} s)"})
