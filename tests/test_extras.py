@@ -35,6 +35,7 @@ def test_require_names_the_extra(without):
         "dask",
         "video",
         "napari",
+        "onnx",
     }
 
 
