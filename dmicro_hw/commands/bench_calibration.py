@@ -35,7 +35,8 @@ def _seeds(text: str) -> list[int]:
 def _train_checkpoint(out: Path, console, epochs_scale: float) -> Path:
     """Train the sim-rig model (configs/train-sim-rig.yaml) when no checkpoint is given."""
     from dmicro_hw.config import load_train_config
-    from dmicro_hw.training.trainer import RichProgress, Trainer
+    from dmicro_hw.training.progress import RichProgress
+    from dmicro_hw.training.trainer import Trainer
 
     cfg_path = Path(__file__).resolve().parents[2] / "configs" / "train-sim-rig.yaml"
     cfg = load_train_config(cfg_path)

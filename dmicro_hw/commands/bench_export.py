@@ -203,7 +203,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from dmicro_hw.export import MODES
         from dmicro_hw.progress import make_console
         from dmicro_hw.training.checkpoint import build_model_from_checkpoint, save_checkpoint
-        from dmicro_hw.training.trainer import RichProgress, Trainer, resolve_device
+        from dmicro_hw.training.progress import RichProgress
+        from dmicro_hw.training.trainer import Trainer, resolve_device
 
         device = value(device)
         console = make_console()

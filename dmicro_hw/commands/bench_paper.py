@@ -94,7 +94,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         )
         from dmicro_hw.progress import make_console
         from dmicro_hw.training.plots import save_bench_figure
-        from dmicro_hw.training.trainer import RichProgress, resolve_device
+        from dmicro_hw.training.progress import RichProgress
+        from dmicro_hw.training.trainer import resolve_device
 
         console = make_console()
         if threads:

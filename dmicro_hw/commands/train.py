@@ -133,7 +133,8 @@ def _train_and_report(
     from rich.table import Table
 
     from dmicro_hw.progress import make_console
-    from dmicro_hw.training.trainer import RichProgress, Trainer
+    from dmicro_hw.training.progress import RichProgress
+    from dmicro_hw.training.trainer import Trainer
 
     console = make_console()
     trainer = Trainer(cfg, out_dir=out_dir, device=device, progress=None)
