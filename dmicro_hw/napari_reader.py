@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmicro_hw.acquisition.writer import RunReader, image_array
+from dmicro_hw.acquisition.store import RunReader, image_array
 from dmicro_hw.errors import DmicroError
 
 LayerData = tuple[Any, dict[str, Any], str]

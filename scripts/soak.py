@@ -77,7 +77,7 @@ def one_run(
         s.start().wait()
         summary = s.finish()
     rep = verify_store(out)
-    from dmicro_hw.acquisition.writer import RunReader
+    from dmicro_hw.acquisition.store import RunReader
 
     ids = RunReader(out).records()["frame_id"]
     problems = []

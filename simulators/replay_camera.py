@@ -85,7 +85,7 @@ class _ZarrSource(_Source):
         import zarr
 
         self.path = path
-        from dmicro_hw.acquisition.writer import image_array
+        from dmicro_hw.acquisition.store import image_array
 
         g = zarr.open_group(str(path), mode="r")
         raw = image_array(g, "raw")
@@ -104,7 +104,7 @@ class _ZarrSource(_Source):
         self._reader: Any = None
         if "committed" in keys:
             # a dmicro run store: counters and records checked, damaged frames never replayed
-            from dmicro_hw.acquisition.writer import RunReader
+            from dmicro_hw.acquisition.store import RunReader
             from dmicro_hw.errors import DataError
 
             try:

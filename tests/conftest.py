@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmicro_hw.acquisition.writer import RECON_OK, RECON_SKIPPED, RunWriter
+from dmicro_hw.acquisition.store import RECON_OK, RECON_SKIPPED
+from dmicro_hw.acquisition.writer import RunWriter
 from dmicro_hw.config import RigConfig
 
 PHASE_PIXEL_M = 0.3164e-6  # object-plane pixel of the phase; raw is ×4 (k = 4)

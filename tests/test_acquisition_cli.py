@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmicro_hw.acquisition.writer import RECON_OK, RunReader
+from dmicro_hw.acquisition.store import RECON_OK, RunReader
 
 RIG_YAML = """\
 rig_id: test-rig

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dmicro_hw.acquisition.writer import RECON_OK, RunReader
+from dmicro_hw.acquisition.store import RECON_OK, RunReader
 
 PIXEL_M = 0.3164e-6  # object-plane pixel of the phase; raw is ×4 (k = 4)
 

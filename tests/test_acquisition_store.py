@@ -13,13 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dmicro_hw.acquisition.ring_buffer import FrameRing
-from dmicro_hw.acquisition.writer import (
-    RECON_OK,
-    RECON_SKIPPED,
-    PhaseWriter,
-    RunReader,
-    RunWriter,
-)
+from dmicro_hw.acquisition.store import RECON_OK, RECON_SKIPPED, RunReader
+from dmicro_hw.acquisition.writer import PhaseWriter, RunWriter
 from dmicro_hw.drivers.base import Frame
 from dmicro_hw.errors import DataError, FrameShapeError
 

@@ -126,7 +126,7 @@ def small_store(tmp_path_factory):
     junk=st.binary(min_size=0, max_size=64),
 )
 def test_store_reader_and_verify_never_crash(small_store, pick, op, where, junk):
-    from dmicro_hw.acquisition.writer import RunReader
+    from dmicro_hw.acquisition.store import RunReader
     from dmicro_hw.commands.verify import verify_store
 
     with tempfile.TemporaryDirectory() as d:

@@ -27,7 +27,7 @@ import pytest
 from test_acquisition_cli import acquire_cmd, assets, env, rig_for  # noqa: F401 - fixture
 
 from dmicro_hw import config as cfgmod
-from dmicro_hw.acquisition.writer import RunReader
+from dmicro_hw.acquisition.store import RunReader
 from dmicro_hw.errors import CheckpointError, ConfigError, DeviceError
 
 ROOT = Path(__file__).resolve().parents[1]

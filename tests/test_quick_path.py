@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from dmicro_hw.acquisition.writer import RECON_OK, RunReader
+from dmicro_hw.acquisition.store import RECON_OK, RunReader
 from dmicro_hw.cli import _run, acquire_main, app  # noqa: F401 - the entry points under test
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -13,7 +13,7 @@ import pytest
 from test_acquisition_cli import assets, env, rig_for  # noqa: F401 - the shared fixture
 
 from dmicro_hw.acquisition.offline import reconstruct_store, reconstructor_for_run
-from dmicro_hw.acquisition.writer import RECON_OK, RunReader
+from dmicro_hw.acquisition.store import RECON_OK, RunReader
 
 N = 96  # 12 chunks of 8 frames
 

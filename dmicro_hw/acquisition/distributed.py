@@ -36,7 +36,8 @@ from dmicro_hw.acquisition.offline import (
     plan_chunks,
     reconstructor_for_run,
 )
-from dmicro_hw.acquisition.writer import RECON_OK, PhaseWriter, RunReader
+from dmicro_hw.acquisition.store import RECON_OK, RunReader
+from dmicro_hw.acquisition.writer import PhaseWriter
 from dmicro_hw.errors import ConfigError, DataError
 from dmicro_hw.extras import require
 

@@ -8,7 +8,7 @@ it and checked by zarr on every read (a mismatch raises). Empty chunks are writt
 one is damage, not fill value. Stores written before checksums existed (no ``integrity``
 attribute) are read as before; there a missing chunk may be a legitimately all-fill chunk.
 
-Helpers here know nothing of the run layout; :class:`~dmicro_hw.acquisition.writer.RunReader`
+Helpers here know nothing of the run layout; :class:`~dmicro_hw.acquisition.store.RunReader`
 uses them per array and per frame range.
 """
 

@@ -23,13 +23,8 @@ import numpy as np
 
 from dmicro_hw.acquisition.integrity import frame_ranges
 from dmicro_hw.acquisition.reconstruct import decode_status
-from dmicro_hw.acquisition.writer import (
-    RECON_DAMAGED,
-    RECON_ERROR,
-    RECON_OK,
-    PhaseWriter,
-    RunReader,
-)
+from dmicro_hw.acquisition.store import RECON_DAMAGED, RECON_ERROR, RECON_OK, RunReader
+from dmicro_hw.acquisition.writer import PhaseWriter
 from dmicro_hw.config import AcquisitionConfig
 from dmicro_hw.errors import CheckpointError, ConfigError, DataError
 from dmicro_hw.extras import require

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dmicro_hw.acquisition.writer import RunReader
+from dmicro_hw.acquisition.store import RunReader
 from dmicro_hw.errors import DataError
 
 

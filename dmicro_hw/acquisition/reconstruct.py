@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.acquisition.ring_buffer import FrameRing
-from dmicro_hw.acquisition.writer import RECON_ERROR, RECON_OK, RECON_SKIPPED, RunWriter
+from dmicro_hw.acquisition.store import RECON_ERROR, RECON_OK, RECON_SKIPPED
+from dmicro_hw.acquisition.writer import RunWriter
 from dmicro_hw.errors import CheckpointError, ConfigError, FrameShapeError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dmicro_hw.acquisition.writer import RECON_OK, RunReader
+from dmicro_hw.acquisition.store import RECON_OK, RunReader
 
 log = logging.getLogger(__name__)
 

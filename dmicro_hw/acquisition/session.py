@@ -368,7 +368,7 @@ class Session:
 
     def _consistency(self) -> dict[str, Any] | None:
         from dmicro_hw.acquisition.consistency import consistency_summary
-        from dmicro_hw.acquisition.writer import RunReader
+        from dmicro_hw.acquisition.store import RunReader
 
         try:
             chi2 = RunReader(self.store).consistency()

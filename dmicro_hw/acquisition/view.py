@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dmicro_hw.acquisition.integrity import frame_ranges
-from dmicro_hw.acquisition.writer import RECON_DAMAGED, RECON_OK, RECON_STATUS_NAMES, RunReader
+from dmicro_hw.acquisition.store import RECON_DAMAGED, RECON_OK, RECON_STATUS_NAMES, RunReader
 from dmicro_hw.errors import DataError
 from dmicro_hw.figures import PHASE_CMAP, RAW_CMAP, colorbar, rgb
 from dmicro_hw.figures import plt as _plt

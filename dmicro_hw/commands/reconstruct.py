@@ -200,7 +200,7 @@ def _score_if_simulated(store: Path, decoder: dict) -> dict | None:
     """Score against the ground truth of the recorded rig (the rig seam re-creates the twin of a
     simulated run); None for a real rig."""
     from dmicro_hw.acquisition.scoring import score_store
-    from dmicro_hw.acquisition.writer import RunReader
+    from dmicro_hw.acquisition.store import RunReader
     from dmicro_hw.rig import recorded_ground_truth
 
     truth = recorded_ground_truth(RunReader(store).attrs.get("rig"), f"{store} (recorded rig)")

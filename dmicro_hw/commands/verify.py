@@ -19,7 +19,7 @@ import typer
 def verify_store(run: Path | str) -> dict[str, Any]:
     """Scan ``run`` and return the report (``ok`` False when any frame is damaged)."""
     from dmicro_hw.acquisition.integrity import frame_ranges
-    from dmicro_hw.acquisition.writer import RECON_OK, RECON_STATUS_NAMES, RunReader
+    from dmicro_hw.acquisition.store import RECON_OK, RECON_STATUS_NAMES, RunReader
 
     r = RunReader(run)
     dmg = r.damage()

@@ -290,7 +290,7 @@ def validate_run(
     given: BeadOverrides = BeadOverrides(),
 ) -> BeadReport:
     """Fit the beads of up to ``frames`` decoded frames of a run (see the module docstring)."""
-    from dmicro_hw.acquisition.writer import RECON_OK, RunReader
+    from dmicro_hw.acquisition.store import RECON_OK, RunReader
     from dmicro_hw.config import RigConfig, load_rig_config, validate
 
     reader = RunReader(run)
