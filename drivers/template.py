@@ -5,8 +5,9 @@ mapping, settle time, safe close, context manager) live in the base classes ever
 inherits too (:class:`~dmicro_hw.drivers.camera_base.CameraBase`,
 :class:`~dmicro_hw.drivers.slm_base.SLMBase`); this template adds frame-id/drop counting from a raw
 ``(data, frame id, timestamp)`` read. A vendor backend only talks to its SDK in the hooks marked
-``VENDOR``. Nothing in dmicro-hw needs to change. ``tests/test_device_contract.py`` (the contract
-every backend must meet, :mod:`dmicro_hw.drivers.contract`) can be run against yours.
+``VENDOR``. Nothing in dmicro-hw needs to change. ``tests/test_device_contract.py``
+(the contract every backend must meet, :mod:`dmicro_hw.drivers.contract`) can be run against
+yours.
 
 1. Copy this file into your own package (e.g. ``mylab_dmicro/camera.py``), rename the class
    (``MyCamera``), and implement the hooks. Read backend-specific settings from
