@@ -69,8 +69,9 @@ ALIASES = {
 }
 #: docstrings of the test packages
 DOC = {
-    TOP: "Tests of dmicro-hw; tests/PKG/ mirrors the package dmicro_hw.PKG, tests/test_X.py the "
-    "module dmicro_hw/X.py.",
+    TOP: "Tests of dmicro-hw, laid out like the package: tests/PKG/ holds the tests of "
+    "dmicro_hw.PKG; the tests of a top-level module (dmicro_hw/config.py, cli.py, rig.py, …) "
+    "and of the whole import graph stay here, beside conftest.py (the shared fixtures).",
     "e2e": "Whole-system tests that cross packages: the README's quick path, the soak slice, "
     "hostile input and fuzzed readers, through the real CLI.",
 }
