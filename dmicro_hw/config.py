@@ -434,6 +434,12 @@ class AcquisitionConfig(StrictModel):
     chunk_frames: int = Field(16, ge=1, le=4096)
     recon: bool = True
     recon_batch: int = Field(8, ge=1, le=1024)
+    decoder_runtime: Literal["auto", "eager", "compiled", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="CPU decoder runtime of the reconstruction worker: 'auto' = the fastest one "
+        "whose output stays within 2e-3 of eager float32 on a sample batch (else eager, with "
+        "the reason in run.json); a name forces that runtime (still checked, eager on failure)",
+    )
     recon_device: Literal["auto", "cpu", "cuda"] = "auto"
     preview: bool = False
     consistency: bool = Field(

@@ -50,6 +50,11 @@ def test_out_of_range_and_literal_values(tmp_path):
         load_rig_config(write(tmp_path, "sensor:\n  bit_depth: 40\n"))
     with pytest.raises(ConfigError, match="divisible"):
         load_train_config(write(tmp_path, "optics:\n  field_size: 100\n  compression: 64\n"))
+    with pytest.raises(ConfigError, match=r"acquisition\.decoder_runtime: must be one of"):
+        load_rig_config(write(tmp_path, "acquisition:\n  decoder_runtime: fastest\n"))
+    rig = load_rig_config(write(tmp_path, "acquisition:\n  decoder_runtime: eager\n"))
+    assert rig.acquisition.decoder_runtime == "eager"
+    assert RigConfig().acquisition.decoder_runtime == "auto"
 
 
 def test_bad_yaml_missing_file_and_non_mapping(tmp_path):

@@ -243,6 +243,7 @@ class Session:
                 camera_offset_adu=self.assets.camera_offset_adu,
                 device=self.recon_device,
                 max_batch=rig.acquisition.recon_batch,
+                runtime=rig.acquisition.decoder_runtime,
                 # leave a core to the camera and writer threads: raw data comes first
                 threads=max(1, (os.cpu_count() or 2) - 1),
             )
