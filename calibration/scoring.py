@@ -1,16 +1,13 @@
-"""Scoring a calibration on the virtual bench (tests and ``dmicro bench calibration`` only).
+"""Scoring a calibration against a known truth (tests and ``dmicro bench calibration`` only).
 
-Two kinds of numbers:
+Pure numbers, no twin: the truth is handed in by the caller (on the virtual bench it comes from
+:mod:`dmicro_hw.evaluation.calibration_bench`, the one place that reads the hidden values).
 
-* **recovery errors** of the fitted mismatch against the bench's hidden one (which only the
-  scorer reads, through :func:`~dmicro_hw.simulators.bench.reveal_mismatch_for_scoring`): SLM
+* **recovery errors** of the fitted mismatch against the bench's hidden one: SLM
   offset (SLM px), rotation (degrees), LUT phase error RMS over all grey levels (rad, both
   relative to grey 0), defocus (relative), plus the DC position, tilt, camera shift and gain;
-* **reconstruction quality** on held-out synthetic cells (a stream the decoder never saw):
-  PSNR/SSIM on phase normalised to [0, 1] and phase RMSE (rad), for the trained model on the
-  bench *before* calibration (nominal export, original decoder), *after* (adapted checkpoint:
-  compensated filter exported with the bundle's placement and LUT, adapted decoder), and on a
-  bench *without mismatch* (nominal export, original decoder).
+* the held-out synthetic cells (a stream no decoder ever saw) on which
+  :func:`dmicro_hw.evaluation.calibration_bench.reconstruction_quality` measures PSNR/SSIM/RMSE.
 """
 
 from __future__ import annotations
@@ -20,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from dmicro_hw.calibration import lut as L
 from dmicro_hw.calibration.adapt import slm_model_config
 from dmicro_hw.config import RigConfig
-from dmicro_hw.optics.sensor import ADUMap
 from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 
 HELD_OUT_SEED = 424242  # cells of the held-out evaluation set (never used for training)
@@ -106,64 +101,6 @@ def held_out_cells(rig: RigConfig, n: int, phase_max_rad: float) -> np.ndarray:
     return generate_cells(
         n, rig.optics.field_size, phase_max_rad, seed=HELD_OUT_SEED, stream=HELD_OUT_STREAM
     )
-
-
-@torch.no_grad()
-def reconstruction_quality(
-    rig: RigConfig,
-    checkpoint: Path | str,
-    cells: np.ndarray,
-    calibration: Path | str | None = None,
-    mismatch_enabled: bool = True,
-    batch: int = 16,
-) -> dict[str, float]:
-    """PSNR/SSIM/RMSE of ``checkpoint`` on ``cells`` imaged by the virtual bench of ``rig``.
-
-    The pattern is the checkpoint's filter through the one export path, with ``calibration``
-    (a bundle folder) or the nominal placement/LUT; the frames are the bench's raw ADU (noise
-    on); the decoder reads them with ``decode_adu`` (an adapted checkpoint has the camera
-    response folded in; otherwise the bundle's gain/offset are undone first when given).
-    """
-    from dmicro_hw.calibration.adapt import was_adapted
-    from dmicro_hw.export import SLMExporter, load_slm_calibration
-    from dmicro_hw.simulators.bench import VirtualBench
-    from dmicro_hw.training import metrics as M
-    from dmicro_hw.training.checkpoint import (
-        build_model_from_checkpoint,
-        learned_filter,
-        load_checkpoint,
-    )
-
-    ck = load_checkpoint(checkpoint)
-    model, _ = build_model_from_checkpoint(ck)
-    cal = load_slm_calibration(calibration) if calibration is not None else None
-    grey = SLMExporter(rig.optics, slm_model_config(rig), cal).export_array(learned_filter(ck))
-    bench_cfg = rig.bench.model_copy(
-        update={"mismatch": rig.bench.mismatch.model_copy(update={"enabled": mismatch_enabled})}
-    )
-    bench = VirtualBench(rig.optics, rig.sensor, rig.slm, bench_cfg)
-    adapted = was_adapted(ck)
-    gain, offset = 1.0, 0.0
-    if calibration is not None and not adapted:
-        from dmicro_hw.calibration.bundle import load_bundle
-
-        mm = load_bundle(calibration).mismatch
-        gain, offset = mm.camera_gain, mm.camera_offset_adu
-    adu_map = ADUMap.from_sensor(model.encoder.sensor.cfg, gain, offset)
-    preds, targets = [], []
-    for i in range(0, len(cells), batch):
-        phi = cells[i : i + batch]
-        adu = torch.from_numpy(bench.render_phase(phi, grey, noise=True))
-        preds.append(model.decode(adu_map(adu)).clamp(0, 1))
-        targets.append(model.normalised_target(torch.from_numpy(phi)))
-    pred, target = torch.cat(preds), torch.cat(targets)
-    m = M.phase_metrics(pred, target, model.phase_max_rad)
-    return {
-        "psnr_db": m["psnr"],
-        "ssim": m["ssim"],
-        "rmse_rad": m["rmse_rad"],
-        "n_cells": int(len(cells)),
-    }
 
 
 def score_bundle(rig: RigConfig, bundle_path: Path | str, truth: Mismatch) -> dict[str, Any]:
