@@ -118,8 +118,8 @@ class Realism:
       ghost (0.3–0.8 %·m of the image, shifted by up to N/4 and blurred);
     * SLM pixel response: the phase of pixel (r, c) is φ(g)·(1 + ε_rc), ε smooth (σ 1.5 %·m,
       correlation 20 px) plus white (σ 1 %·m);
-    * LUT drift: φ(g)·(1 + a·(1 − e^{−t/τ})) with a 0.3–0.6 %·m, τ = 120 s, t the bench's warm-up
-      time (``realism.elapsed_s`` + bench clock since creation);
+    * LUT drift: φ(g)·(1 + a·(1 − e^{−t/τ})) with a 1.5–3 %·m, τ = 30 min (the liquid crystal
+      warming up), t the bench's warm-up time (``realism.elapsed_s`` + bench clock since creation);
     * flicker: phase ripple φ·(1 ± δ/√2) averaged within an exposure, δ 2–3 %·m;
     * high Zernike terms: Noll 9, 10, 12–15 at ±0.05·m rad RMS each;
     * fixed pattern: camera PRNU (σ 0.5 %·m), DSNU (σ 0.5·m ADU) and 0.2 %·m hot pixels
@@ -136,7 +136,7 @@ class Realism:
     ghost_shift: tuple[int, int] = (0, 0)
     slm_eps: np.ndarray | None = None  # (R, C) relative phase-response error per SLM pixel
     drift_amplitude: float = 0.0
-    drift_tau_s: float = 120.0
+    drift_tau_s: float = 1800.0
     flicker: float = 0.0
     extra_zernike: dict[int, float] = field(default_factory=dict)
     prnu: np.ndarray | None = None  # (h, w) per-pixel gain
@@ -168,7 +168,7 @@ class Realism:
         smooth = gaussian_blur(smooth, 20.0).numpy()
         smooth /= max(float(smooth.std()), 1e-9)
         white = rng.standard_normal((rows, cols)).astype(np.float32)
-        drift = u(0.003, 0.006)
+        drift = u(0.015, 0.03)
         flick = u(0.02, 0.03)
         zern = {j: u(-0.05, 0.05) for j in HIGH_ZERNIKE_TERMS}
         h = n // binning

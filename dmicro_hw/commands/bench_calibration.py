@@ -87,10 +87,16 @@ def _levels(text: str) -> list[str]:
 def print_table(console, table) -> None:
     """Print a rich table whole: off a terminal the console is widened to the table's natural
     width, so no column is cut to '…' in a pipe or a log file."""
-    width = None
-    if not console.is_terminal:
-        width = max(console.width, console.measure(table).maximum)
-    console.print(table, width=width)
+    if console.is_terminal:
+        console.print(table)
+        return
+    old = console.width
+    console.width = 10_000  # measuring is capped at the console's width, print() only narrows
+    console.width = max(old, console.measure(table).maximum)
+    try:
+        console.print(table)
+    finally:
+        console.width = old
 
 
 def _recovery_table(level: str, rows: list[dict]):

@@ -110,5 +110,3 @@ def reconstruction_quality(
         "rmse_rad": m["rmse_rad"],
         "n_cells": int(len(cells)),
     }
-
-

@@ -135,7 +135,9 @@ class PhysicalSystem(nn.Module):
         )
         self.slm = SLMModel(optics, slm, geometry, response)
         self.sensor = Sensor(sensor, optics.binning)
-        self.zernike_terms = tuple(zernike_terms)
+        # every term the mismatch names is modelled (a calibration may fit more than the default)
+        extra = tuple(sorted(j for j in mm.zernike_rad if j not in tuple(zernike_terms)))
+        self.zernike_terms = tuple(zernike_terms) + extra
         self.zernike = _p([mm.zernike_rad.get(j, 0.0) for j in self.zernike_terms], trainable)
         self.register_buffer(
             "zernike_basis",
