@@ -113,7 +113,7 @@ def _specs(zernike_terms: Sequence[int], illumination: bool = False) -> dict[str
     ]
     if illumination:
         s += [
-            ParamSpec(f"illum_{t}", "illum_logamp", i, 0.01, "field", "")
+            ParamSpec(f"illum_{t}", "illum_logamp", i, 0.01, "illum", "")
             for i, t in enumerate(ILLUMINATION_TERMS)
         ]
     return {p.name: p for p in s}
@@ -352,12 +352,14 @@ class ForwardModel:
         h, w = self._greys[0].shape if self._greys else (1, 1)
 
         def grid() -> torch.Tensor:
-            rc = slm.geometry.filter_to_slm(slm._sub_ij) - self.origin  # (N, N, m, m, 2)
+            # the spectrum's coordinate u sees the SLM at u + tilt (PhysicalSystem's tilt note)
+            ij = slm._sub_ij + self.system.tilt_cycles.detach()
+            rc = slm.geometry.filter_to_slm(ij) - self.origin  # (N, N, m, m, 2)
             y = 2 * rc[..., 0] / max(h - 1, 1) - 1
             x = 2 * rc[..., 1] / max(w - 1, 1) - 1
             return torch.stack([x, y], -1).reshape(1, -1, 1, 2).to(torch.float32)
 
-        g = self._cached("coords", self._key("geometry"), grid)
+        g = self._cached("coords", self._key("geometry", "field"), grid)
 
         def reflectances() -> torch.Tensor:
             planes = []
@@ -374,7 +376,7 @@ class ForwardModel:
             vals = vals.reshape(len(self._greys), 2, n, n, -1).mean(-1)
             return torch.complex(vals[:, 0], vals[:, 1])
 
-        return self._cached("slm", self._key("geometry", "lut"), make)
+        return self._cached("slm", self._key("geometry", "lut", "field"), make)
 
     @torch.no_grad()
     def filters(self) -> torch.Tensor:
@@ -384,7 +386,7 @@ class ForwardModel:
             f = self.slm_filters() * self.system.pupil_function()
             return torch.fft.ifftshift(f, dim=(-2, -1))
 
-        return self._cached("filter", self._key("geometry", "lut", "pupil"), make)
+        return self._cached("filter", self._key("geometry", "lut", "pupil", "field"), make)
 
     @torch.no_grad()
     def spectra(self) -> dict[str, torch.Tensor]:
@@ -396,7 +398,7 @@ class ForwardModel:
                 out[k] = torch.fft.fft2(f if amp is None else f * amp)[0]
             return out
 
-        return self._cached("field", self._key("field"), make)
+        return self._cached("field", self._key("illum"), make)
 
     @torch.no_grad()
     def intensity(self) -> torch.Tensor:
@@ -408,7 +410,9 @@ class ForwardModel:
             s = torch.stack([spec[o.target] for o in self.obs])
             return intensity(torch.fft.ifft2(s * h))
 
-        return self._cached("intensity", self._key("geometry", "lut", "pupil", "field"), make)
+        return self._cached(
+            "intensity", self._key("geometry", "lut", "pupil", "field", "illum"), make
+        )
 
     @torch.no_grad()
     def frames(self) -> torch.Tensor:

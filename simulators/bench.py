@@ -59,7 +59,7 @@ from dmicro_hw.config import (
 from dmicro_hw.errors import FrameShapeError
 from dmicro_hw.optics.fields import unit_phasor
 from dmicro_hw.optics.sensor import NumpySensor
-from dmicro_hw.optics.slm import gaussian_blur, sample_image
+from dmicro_hw.optics.slm import gaussian_blur
 from dmicro_hw.optics.system import ZERNIKE_TERMS, Mismatch, PhysicalSystem
 
 log = logging.getLogger(__name__)
@@ -336,11 +336,8 @@ class VirtualBench:
     def _precompute(self) -> None:
         s = self._system
         n = self.field_size
-        # one tilt ramp per point of the (extended) source; weights sum to 1
-        self._tilts = []
-        for dy, dx, w in self._realism.sources:
-            t = s.tilt_cycles + torch.tensor([dy, dx], dtype=torch.float64)
-            self._tilts.append((float(w), (2 * math.pi * (s._yx @ t) / n).to(torch.float32)))
+        # the illumination tilt acts in the Fourier plane (PhysicalSystem.realised_filter), as
+        # do the points of an extended source (each one a further shift of the spectrum)
         ill = self._realism.illumination
         self._illum = None if ill is None else torch.from_numpy(ill)
         mm = self._hidden_mismatch
@@ -553,24 +550,27 @@ class VirtualBench:
         return round(rz.drift(t), 5)
 
     def _realised(self, g: np.ndarray, drift: float) -> list[tuple[float, torch.Tensor]]:
-        """(weight, centred realised filter) per SLM state within an exposure (flicker)."""
+        """(weight, centred realised filter) per SLM state within an exposure (flicker) and
+        per point of the source (partial coherence); the weights sum to 1."""
         s, rz = self._system, self._realism
         grey = torch.as_tensor(np.asarray(g, np.float32))
-        if not rz.slm_effects:
+        if not rz.slm_effects and len(rz.sources) == 1:
             return [(1.0, s.realised_filter(grey))]
         slm = s.slm
         base = slm.response(grey) * (1 + drift)
         if rz.slm_eps is not None:
             base = base * (1 + torch.from_numpy(rz.slm_eps))
-        rc = slm.geometry.filter_to_slm(slm._sub_ij)
-        pupil = s.pupil_function()
         states = [0.0] if rz.flicker == 0 else [rz.flicker, -rz.flicker]
-        out = []
+        refls = []
         for d in states:
             phase = gaussian_blur(base * (1 + d / math.sqrt(2)), slm.fringing_px)
-            refl = slm.fill_factor * unit_phasor(phase) + (1 - slm.fill_factor)
-            vals = sample_image(refl, rc).mean(dim=(-2, -1)).to(torch.complex64)
-            out.append((1.0 / len(states), vals * pupil))
+            refls.append(slm.fill_factor * unit_phasor(phase) + (1 - slm.fill_factor))
+        out = []
+        for dy, dx, ws in rz.sources:
+            shift = torch.tensor([dy, dx], dtype=torch.float64)
+            pupil = s.pupil_function(shift)
+            for refl in refls:
+                out.append((ws / len(refls), s.sample_slm(refl, shift) * pupil))
         return out
 
     def _filter(
@@ -604,17 +604,15 @@ class VirtualBench:
         Incoherent sum over the source points (partial coherence) and the SLM states within
         the exposure (flicker); then stray light, camera registration, binning."""
         with torch.no_grad():
-            ph0 = torch.from_numpy(np.ascontiguousarray(phases, dtype=np.float32))
+            field = unit_phasor(torch.from_numpy(np.ascontiguousarray(phases, dtype=np.float32)))
+            if self._illum is not None:
+                field = field * self._illum
+            spec0 = torch.fft.fft2(field)
             inten = None
-            for ws, tilt in self._tilts:
-                field = unit_phasor(ph0 + tilt)
-                if self._illum is not None:
-                    field = field * self._illum
-                spec0 = torch.fft.fft2(field)
-                for wf, h in hs:
-                    img = torch.fft.ifft2(spec0 * h)
-                    part = img.real.square_().add_(img.imag.square()).mul_(ws * wf)
-                    inten = part if inten is None else inten.add_(part)
+            for wf, h in hs:
+                img = torch.fft.ifft2(spec0 * h)
+                part = img.real.square_().add_(img.imag.square()).mul_(wf)
+                inten = part if inten is None else inten.add_(part)
             rz = self._realism
             if rz.ghost > 0:
                 ghost = torch.roll(inten, rz.ghost_shift, dims=(-2, -1))
