@@ -51,8 +51,9 @@ class ParamSpec:
     ``attr`` is the dotted attribute path of the tensor, ``index`` the element (None: scalar),
     ``step`` the typical size of a meaningful change (finite-difference step, LM scaling),
     ``group``: what a change invalidates — ``geometry`` (SLM placement: new sample positions),
-    ``lut`` (SLM phase response), ``pupil`` (Zernike terms), ``field`` (illumination tilt) or
-    ``camera`` (only the camera resampling / gain); ``unit`` for reports.
+    ``lut`` (SLM phase response), ``pupil`` (Zernike terms), ``field`` (illumination tilt: the
+    spectrum's position on SLM and pupil), ``illum`` (the illumination envelope, flat-field
+    step) or ``camera`` (only the camera resampling / gain); ``unit`` for reports.
     """
 
     name: str

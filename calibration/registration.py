@@ -98,9 +98,9 @@ def _tilt_grid(
 ):
     """Set the tilt to the best point of alternating 1-D grids over [−½, ½] cycles.
 
-    The tilt of the (periodic) simulated field shows as ringing at the field borders whose χ²
-    has narrow minima (≈ 0.05 cycles wide), hence the fine step; gain and offset are regressed
-    at every point.
+    With the SLM flat the tilt shows only where the spectrum meets the pupil (its edge and the
+    aberrations at u + tilt), weakly; the knife-edge scan then fixes the DC on the SLM (offset +
+    M·tilt) and the joint fit the split. Gain and offset are regressed at every grid point.
     """
     fm = ForwardModel(system, targets, obs)
     y = np.concatenate([o.mean.ravel() for o in obs])
