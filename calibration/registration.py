@@ -74,6 +74,17 @@ def zernike_params(system: PhysicalSystem) -> list[str]:
     return [f"z{j}" for j in system.zernike_terms]
 
 
+def joint_params(system: PhysicalSystem) -> list[str]:
+    """Every parameter of the joint fit: camera, tilt, Zernike terms, SLM placement, LUT, and
+    the illumination envelope once the flat-field step has added it."""
+    from dmicro_hw.calibration.model_fit import param_specs
+
+    illum = [n for n in param_specs(system) if n.startswith("illum_")]
+    return (
+        CAMERA_PARAMS + TILT_PARAMS + zernike_params(system) + SLM_GEOMETRY_PARAMS + LUT_PARAMS
+    ) + illum
+
+
 @dataclass
 class Probe:
     """A pattern to display: id, family, grey levels (R, C) and metadata (e.g. edge position)."""

@@ -482,13 +482,7 @@ class CalibrationRun:
         )
         use = [self.obs[k] for k in need if k in self.obs] + lut_obs[1::3]
         use += [self.obs[p.pattern_id] for p in probes]
-        names = (
-            R.CAMERA_PARAMS
-            + R.TILT_PARAMS
-            + R.zernike_params(self.system)
-            + R.SLM_GEOMETRY_PARAMS
-            + R.LUT_PARAMS
-        )
+        names = R.joint_params(self.system)
         self.joint_obs = use
         self.joint = fit(
             self.system,
@@ -556,19 +550,11 @@ class CalibrationRun:
                 self.system.illum_logamp.copy_(torch.as_tensor(illum))
 
     def _robust_fit(self, use: list[Observation], extra_dof: int, label: str) -> FitResult:
-        names = (
-            R.CAMERA_PARAMS
-            + R.TILT_PARAMS
-            + R.zernike_params(self.system)
-            + R.SLM_GEOMETRY_PARAMS
-            + R.LUT_PARAMS
-            + [n for n in param_specs(self.system) if n.startswith("illum_")]
-        )
         return fit(
             self.system,
             self.targets,
             use,
-            names,
+            R.joint_params(self.system),
             max_iter=self.opt.fit_max_iter,
             bounds=R.BOUNDS,
             callback=self._fit_progress(label),

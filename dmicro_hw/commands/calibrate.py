@@ -185,6 +185,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             t.add_row("camera moved", f"{m['camera_shift_px']:.3f} px")
             t.add_row("defocus change", f"{m['defocus_change_rad']:+.4f} rad")
             t.add_row("gain change", f"{100 * m['gain_change_rel']:+.2f} %")
+            if m.get("lut_change_rms_rad"):
+                t.add_row("LUT change", f"{m['lut_change_rms_rad']:.4f} rad RMS")
             console.print(t)
             color = "red" if d.recalibrate else "green"
             console.print(f"[bold {color}]{d.summary()}[/]")
