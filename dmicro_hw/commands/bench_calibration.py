@@ -106,6 +106,7 @@ def _recovery_table(level: str, rows: list[dict]):
     cols = (
         "seed",
         "offset err px [0.25]",
+        "DC err px",
         "rotation err ° [0.1]",
         "LUT RMS rad [0.05]",
         "LUT σ claimed rad",
@@ -124,6 +125,7 @@ def _recovery_table(level: str, rows: list[dict]):
         t.add_row(
             str(r["seed"]),
             f"{e['slm_offset_err_px']:.4f}",
+            f"{e['dc_err_px']:.4f}",
             f"{e['rotation_err_deg']:+.4f}",
             f"{e['lut_rms_err_rad']:.4f}",
             f"{d.get('lut_sigma_rms_rad', float('nan')):.4f}",
@@ -247,6 +249,29 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             return res, truth, effects, time.monotonic() - t0
 
         levels: dict[str, dict] = {}
+        summary = {
+            "config": str(config),
+            "seeds": seed_list,
+            "realism": level_list,
+            "targets": S.TARGETS,
+            "psnr_targets_db": {"none": -0.5, "moderate": -1.0},
+            "checkpoint": None if ck is None else str(ck),
+            "held_out_cells": None if held is None else int(len(held)),
+            "frames_per_pattern": frames,
+            "adapt_steps": adapt_steps,
+            "psnr_references": {
+                "trained": "no-mismatch bench (same realism level), trained model",
+                "adapted": "no-mismatch bench (same realism level), calibrated and adapted the "
+                "same way (the fair reference)",
+            },
+            "levels": levels,
+        }
+        path = out / "bench_calibration.json"
+
+        def save() -> None:  # after every seed: a long run interrupted keeps what it measured
+            text = json.dumps(summary, indent=2, default=_json_default) + "\n"
+            write_text_safely(path, text)
+
         for level in level_list:
             rig_l = rig0.model_copy(deep=True)
             rig_l.bench.realism.level = level
@@ -276,6 +301,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     )
                 )
             rows: list[dict] = []
+            levels[level] = {"rows": rows, "references": refs}
             for seed in seed_list:
                 rig = rig_l.model_copy(deep=True)
                 rig.bench.mismatch.seed = seed
@@ -293,6 +319,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     after_ck = bdir / ADAPTED_CHECKPOINT if adapt else ck
                     row["psnr_after"] = E.reconstruction_quality(rig, after_ck, held, bdir)
                 rows.append(row)
+                save()
                 e = sc["errors"]
                 msg = (
                     f"{level} seed {seed}: offset {e['slm_offset_err_px']:.3f} px, rotation "
@@ -308,33 +335,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             print_table(console, _recovery_table(level, rows))
             if held is not None:
                 print_table(console, _psnr_table(level, rows, refs))
-            entry: dict = {"rows": rows, "references": refs}
+            entry = levels[level]
             entry["all_recovery_targets_met"] = all(all(r["meets"].values()) for r in rows)
             if held is not None:
                 for key, ref in refs.items():
                     if ref is not None:
                         gaps = [r["psnr_after"]["psnr_db"] - ref["psnr_db"] for r in rows]
                         entry[f"worst_gap_after_vs_{key}_db"] = min(gaps)
-            levels[level] = entry
-        summary = {
-            "config": str(config),
-            "seeds": seed_list,
-            "realism": level_list,
-            "targets": S.TARGETS,
-            "psnr_targets_db": {"none": -0.5, "moderate": -1.0},
-            "checkpoint": None if ck is None else str(ck),
-            "held_out_cells": None if held is None else int(len(held)),
-            "frames_per_pattern": frames,
-            "adapt_steps": adapt_steps,
-            "psnr_references": {
-                "trained": "no-mismatch bench (same realism level), trained model",
-                "adapted": "no-mismatch bench (same realism level), calibrated and adapted the "
-                "same way (the fair reference)",
-            },
-            "levels": levels,
-        }
-        path = out / "bench_calibration.json"
-        write_text_safely(path, json.dumps(summary, indent=2, default=_json_default) + "\n")
+        save()
         console.print(f"JSON: {path}")
 
 
