@@ -715,6 +715,10 @@ class CalibrationRun:
             out["disagreeing_probes"] = disagreeing_probes(j)
             out["worst_probes"] = dict(sorted(chi.items(), key=lambda kv: -kv[1])[:3])
             out["degenerate_pairs"] = [list(p) for p in degeneracies(j)]
+            # a split the probes barely see: its 1-σ (curvature at the optimum) says little
+            # about a valley |ρ| > 0.99 long — the parts are not determined, only their sum
+            for a, b, rho in degeneracies(j, 0.99):
+                und.append(f"{a} vs {b} (ρ {rho:+.3f})")
             p = self.parameters()
             sy, sx = p.get("dc_on_slm_y", {}).get("sigma"), p.get("dc_on_slm_x", {}).get("sigma")
             if sy is not None and sx is not None and 3 * math.hypot(sy, sx) > 0.25:
