@@ -84,7 +84,7 @@ def test_moderate_bench_meets_the_targets_or_says_it_cannot(moderate_bundle):
     assert diag["disagreeing_probes"]
     sc = S.score_bundle(rig, out, truth)
     e = sc["errors"]
-    assert e["slm_offset_err_px"] < 0.25 and abs(e["rotation_err_deg"]) < 0.1, e
+    assert e["dc_err_px"] < 0.25 and abs(e["rotation_err_deg"]) < 0.1, e
     assert e["lut_rms_err_rad"] < 0.05, e
     # the claimed LUT uncertainty covers the actual error (3σ RMS)
     assert e["lut_rms_err_rad"] < 3 * diag["lut_sigma_rms_rad"] + 0.01

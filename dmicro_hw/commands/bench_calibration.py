@@ -105,8 +105,8 @@ def _recovery_table(level: str, rows: list[dict]):
     t = Table(title=f"realism {level}: recovery of the hidden mismatch (target in brackets)")
     cols = (
         "seed",
-        "offset err px [0.25]",
-        "DC err px",
+        "SLM offset (DC) err px [0.25]",
+        "physical offset err px",
         "rotation err ° [0.1]",
         "LUT RMS rad [0.05]",
         "LUT σ claimed rad",
@@ -124,8 +124,8 @@ def _recovery_table(level: str, rows: list[dict]):
         worst = ", ".join(f"{k} {v:.1f}" for k, v in list(d.get("worst_probes", {}).items())[:2])
         t.add_row(
             str(r["seed"]),
-            f"{e['slm_offset_err_px']:.4f}",
             f"{e['dc_err_px']:.4f}",
+            f"{e['slm_offset_err_px']:.4f}",
             f"{e['rotation_err_deg']:+.4f}",
             f"{e['lut_rms_err_rad']:.4f}",
             f"{d.get('lut_sigma_rms_rad', float('nan')):.4f}",
@@ -322,7 +322,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 save()
                 e = sc["errors"]
                 msg = (
-                    f"{level} seed {seed}: offset {e['slm_offset_err_px']:.3f} px, rotation "
+                    f"{level} seed {seed}: SLM offset (DC) {e['dc_err_px']:.3f} px, rotation "
                     f"{e['rotation_err_deg']:+.4f}°, LUT {e['lut_rms_err_rad']:.4f} rad, "
                     f"defocus {100 * e['defocus_rel_err']:.2f} %, χ²/dof {row['chi2_dof']:.2f}"
                 )
