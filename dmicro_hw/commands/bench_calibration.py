@@ -207,7 +207,6 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             run_calibration,
         )
         from dmicro_hw.config import load_rig_config
-        from dmicro_hw.errors import ConfigError
         from dmicro_hw.evaluation import calibration_bench as E
         from dmicro_hw.progress import make_console
         from dmicro_hw.rig import open_rig
@@ -215,8 +214,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         torch.set_num_threads(1)
         console = make_console()
         rig0 = load_rig_config(config)
-        if rig0.slm.backend != "sim" or rig0.camera.backend != "sim":
-            raise ConfigError(f"{config}: the calibration benchmark needs the sim SLM and camera")
+        E.require_twin(rig0, config)
         seed_list = _seeds(seeds)
         level_list = _levels(realism)
         out.mkdir(parents=True, exist_ok=True)

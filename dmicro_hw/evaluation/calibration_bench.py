@@ -25,6 +25,15 @@ from dmicro_hw.optics.sensor import ADUMap
 from dmicro_hw.optics.system import Mismatch
 
 
+def require_twin(rig: RigConfig, source: Any) -> None:
+    """Refuse (ConfigError naming ``source``) a rig whose SLM or camera is not simulated: only
+    a virtual bench has a hidden truth to score against."""
+    from dmicro_hw.errors import ConfigError
+
+    if rig.slm.backend != "sim" or rig.camera.backend != "sim":
+        raise ConfigError(f"{source}: the calibration benchmark needs the sim SLM and camera")
+
+
 def reveal_truth(*devices: Any) -> tuple[Mismatch, dict[str, Any]]:
     """(hidden mismatch, unmodelled effects) of the virtual bench behind ``devices``."""
     from dmicro_hw.simulators.bench import (
