@@ -223,6 +223,22 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     f"{v['signal_rms_adu']:.1f}",
                 )
             console.print(r)
+        diag = data.get("diagnostics", {})
+        if diag:
+            bad = ", ".join(f"{k} {v:.1f}" for k, v in diag.get("disagreeing_probes", {}).items())
+            color = "yellow" if diag.get("model_error") or diag.get("undetermined") else "green"
+            console.print(
+                f"[{color}]fit: χ²/dof {diag.get('chi2_dof', float('nan')):.2f}"
+                + (
+                    " (model error: the bench does more than the model)"
+                    if diag.get("model_error")
+                    else ""
+                )
+                + f"; probes that disagree (χ²/pixel): {bad or 'none'}; not determined by the "
+                f"probes: {', '.join(diag.get('undetermined', [])) or 'none'}; LUT σ "
+                f"{diag.get('lut_sigma_rms_rad', float('nan')):.4f} rad RMS[/]",
+                highlight=False,
+            )
         console.print(
             f"[bold green]bundle:[/] {result.out_dir} ({data['n_patterns']} patterns, "
             f"{data['elapsed_s']} s); plots: {', '.join(data.get('plots', []))}"
