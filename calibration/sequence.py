@@ -325,6 +325,13 @@ class CalibrationRun:
         self.target = known_target(rig, self.opt)
         self.targets = {"target": self.target}
         self.system = new_system(rig, previous.mismatch if previous else None)
+        illum = {k: v["value"] for k, v in (previous.parameters if previous else {}).items()}
+        illum = {k: v for k, v in illum.items() if k.startswith("illum_")}
+        if illum:  # the bundle's illumination envelope (flat-field step) is part of its model
+            from dmicro_hw.calibration.model_fit import enable_illumination
+
+            enable_illumination(self.system)
+            set_params(self.system, illum)
         self.ratio = float(self.system.slm.geometry.ratio)
         self.obs: dict[str, Observation] = {}
         self.noise: NoiseModel | None = None

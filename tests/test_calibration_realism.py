@@ -104,8 +104,9 @@ def test_drift_check_sees_the_warmed_up_lut(moderate_bundle):
     with contextlib.ExitStack() as stack:
         r = open_rig(warm, stack)
         res = run_calibration(
-            warm, r.slm, r.camera, ["drift"], None, CalibrationOptions(6), load_bundle(out, warm)
-        )
+            warm, r.slm, r.camera, ["drift"], None, CalibrationOptions(6),
+            previous=load_bundle(out, warm),
+        )  # fmt: skip
     d = res.drift
     assert d.recalibrate and any("LUT" in x for x in d.reasons), d.reasons
     assert d.metrics["lut_change_rms_rad"] > 0.03
