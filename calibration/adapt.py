@@ -76,18 +76,37 @@ def fold_camera_into_norm(
 
 
 class CalibratedBench:
-    """Frames of the calibrated model for a fixed displayed pattern (filter computed once)."""
+    """Frames of the calibrated model for a fixed displayed pattern (filter computed once).
 
-    def __init__(self, rig: RigConfig, mismatch: Mismatch, grey: np.ndarray) -> None:
+    ``flat``: the bundle's per-pixel (gain, dark ADU, hot, illumination envelope) maps —
+    applied to the frames so the decoder is tuned on what this bench delivers (PRNU, dark
+    signal; the sample-plane envelope as a relative intensity, exact to first order).
+    """
+
+    def __init__(
+        self,
+        rig: RigConfig,
+        mismatch: Mismatch,
+        grey: np.ndarray,
+        flat: tuple[np.ndarray, ...] | None = None,
+    ) -> None:
         from dmicro_hw.optics.measurement import BenchMeasurement
 
         self.system = PhysicalSystem(rig.optics, rig.sensor, slm_model_config(rig), mismatch)
         self.optics = BenchMeasurement(self.system, torch.as_tensor(grey, dtype=torch.float32))
+        self.flat = None
+        if flat is not None:
+            self.flat = tuple(torch.as_tensor(np.asarray(flat[i])).float() for i in (0, 1, 3))
 
     @torch.no_grad()
     def frames(self, phase: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Raw ADU frames (B, n, n) for phases (B, N, N), with sensor noise."""
-        return self.system.frame_from_intensity(self.optics.intensity(phase), generator, True)
+        adu = self.system.frame_from_intensity(self.optics.intensity(phase), generator, True)
+        if self.flat is not None:  # model frame m → G·(o + (m − o)·envelope) + D
+            gain, dark, env = self.flat
+            o = self.system.sensor.cfg.offset_adu
+            adu = ((o + (adu - o) * env) * gain + dark).clamp(0, self.system.sensor.adc_max)
+        return adu
 
 
 def export_pattern(rig: RigConfig, bundle_path: Path, h: torch.Tensor) -> np.ndarray:
@@ -164,7 +183,7 @@ def adapt_checkpoint(
     bench = CalibratedBench(rig, mm, np.zeros(tuple(rig.slm.pixels), np.uint8))
     h = compensated_filter(learned_filter(ck), bench.system)
     grey = export_pattern(rig, bundle.path, h)
-    bench = CalibratedBench(rig, mm, grey)
+    bench = CalibratedBench(rig, mm, grey, bundle.flat)
 
     # 1. store the compensated filter's phase (amplitude unchanged) in the encoder
     with torch.no_grad():

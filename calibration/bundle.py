@@ -313,6 +313,7 @@ LUT_SIGMA_FILE = "lut_sigma.npy"
 FRAMES_FILE = "frames.npz"
 PROBES_FILE = "probes.npz"
 TARGET_FILE = "target.npy"
+FLAT_FILE = "flatfield.npz"  # per-pixel gain, dark (ADU) and hot-pixel mask of the camera
 ADAPTED_CHECKPOINT = "checkpoint_adapted.pt"
 
 
@@ -336,6 +337,7 @@ class CalibrationBundle:
     path: Path | None = None
     target: np.ndarray | None = None
     probes: dict[str, np.ndarray] = field(default_factory=dict)
+    flat: tuple[np.ndarray, ...] | None = None  # (gain, dark ADU, hot, envelope)
 
     @property
     def rig_id(self) -> str:
@@ -378,8 +380,12 @@ def write_bundle(
     frames: Any | None = None,
     probes: dict[str, np.ndarray] | None = None,
     target: np.ndarray | None = None,
+    flat: tuple[np.ndarray, ...] | None = None,
 ) -> Path:
-    """Write the bundle folder (JSON last, atomically). Returns the folder."""
+    """Write the bundle folder (JSON last, atomically). Returns the folder.
+
+    ``flat``: the flat-field step's (gain, dark ADU, hot-pixel mask, illumination envelope
+    (relative intensity on the camera grid)), each (h, w)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = dict(data)
@@ -398,6 +404,12 @@ def write_bundle(
         np.savez_compressed(out / PROBES_FILE, **{k: np.asarray(v) for k, v in probes.items()})
     if target is not None:
         np.save(out / TARGET_FILE, np.asarray(target, dtype=np.float32), allow_pickle=False)
+    if flat is not None:
+        g, dk, hot, env = flat
+        np.savez_compressed(
+            out / FLAT_FILE, gain=g, dark_adu=dk, hot=np.asarray(hot, bool), envelope=env
+        )
+        d["flatfield_file"] = FLAT_FILE
     from dmicro_hw.safe_io import write_text_safely
 
     write_text_safely(out / CALIBRATION_FILE, json.dumps(_jsonable(d), indent=2) + "\n")
@@ -489,6 +501,15 @@ def load_bundle(path: Path | str, rig: RigConfig | None = None) -> CalibrationBu
                 probes = {k: z[k] for k in z.files}
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{folder / PROBES_FILE}: unreadable ({e})") from None
+    flat = None
+    if (folder / FLAT_FILE).is_file():
+        try:
+            with np.load(folder / FLAT_FILE, allow_pickle=False) as z:
+                flat = (z["gain"], z["dark_adu"], z["hot"], z["envelope"])
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{folder / FLAT_FILE}: unreadable ({e}); recalibrate") from None
+        if not (np.isfinite(flat[0]).all() and np.isfinite(flat[1]).all()):
+            raise CheckpointError(f"{folder / FLAT_FILE}: non-finite flat field; recalibrate")
     b = CalibrationBundle(
         data=data,
         mismatch=mismatch,
@@ -498,6 +519,7 @@ def load_bundle(path: Path | str, rig: RigConfig | None = None) -> CalibrationBu
         path=folder,
         target=target,
         probes=probes,
+        flat=flat,
     )
     if rig is not None:
         check_bundle_for_rig(b, rig)

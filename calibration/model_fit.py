@@ -51,8 +51,9 @@ class ParamSpec:
     ``attr`` is the dotted attribute path of the tensor, ``index`` the element (None: scalar),
     ``step`` the typical size of a meaningful change (finite-difference step, LM scaling),
     ``group``: what a change invalidates — ``geometry`` (SLM placement: new sample positions),
-    ``lut`` (SLM phase response), ``pupil`` (Zernike terms), ``field`` (illumination tilt) or
-    ``camera`` (only the camera resampling / gain); ``unit`` for reports.
+    ``lut`` (SLM phase response), ``pupil`` (Zernike terms), ``field`` (illumination tilt: the
+    spectrum's position on SLM and pupil), ``illum`` (the illumination envelope, flat-field
+    step) or ``camera`` (only the camera resampling / gain); ``unit`` for reports.
     """
 
     name: str
@@ -63,7 +64,34 @@ class ParamSpec:
     unit: str
 
 
-def _specs(zernike_terms: Sequence[int]) -> dict[str, ParamSpec]:
+ILLUMINATION_TERMS = ("x", "y", "xx", "yy", "xy")  # log-amplitude polynomial of the envelope
+
+
+def enable_illumination(system: PhysicalSystem) -> None:
+    """Give ``system`` a smooth illumination envelope to fit: field amplitude
+    exp(Σ c_k P_k(x, y)) with P = x, y, x², y², xy (x, y ∈ [−½, ½) across the field) — a
+    Gaussian beam off the axis is exact, a vignette nearly so. It lives in the sample plane, so
+    (unlike a camera flat field) it moves with the image when a ramp shifts it. The calibration
+    adds it in the flat-field step; :class:`ForwardModel` applies it to the sample field."""
+    if not hasattr(system, "illum_logamp"):
+        system.illum_logamp = torch.nn.Parameter(
+            torch.zeros(len(ILLUMINATION_TERMS), dtype=torch.float64), requires_grad=False
+        )
+
+
+def illumination_amplitude(system: PhysicalSystem) -> torch.Tensor | None:
+    """The fitted envelope (N, N) float32 of ``system`` (None when it has none)."""
+    c = getattr(system, "illum_logamp", None)
+    if c is None:
+        return None
+    n = system.optics.field_size
+    u = (torch.arange(n, dtype=torch.float64) - n // 2) / n
+    y, x = torch.meshgrid(u, u, indexing="ij")
+    basis = torch.stack([x, y, x * x, y * y, x * y])
+    return torch.exp(torch.einsum("k,khw->hw", c.detach(), basis)).to(torch.float32)
+
+
+def _specs(zernike_terms: Sequence[int], illumination: bool = False) -> dict[str, ParamSpec]:
     s = [
         ParamSpec("lut_gamma", "slm.response.gamma", None, 2e-3, "lut", ""),
         ParamSpec("lut_scale", "slm.response.scale_factor", None, 1e-3, "lut", ""),
@@ -84,12 +112,17 @@ def _specs(zernike_terms: Sequence[int]) -> dict[str, ParamSpec]:
         ParamSpec("cam_gain", "camera_gain", None, 1e-3, "camera", ""),
         ParamSpec("cam_offset", "camera_offset_adu", None, 0.05, "camera", "ADU"),
     ]
+    if illumination:
+        s += [
+            ParamSpec(f"illum_{t}", "illum_logamp", i, 0.01, "illum", "")
+            for i, t in enumerate(ILLUMINATION_TERMS)
+        ]
     return {p.name: p for p in s}
 
 
 def param_specs(system: PhysicalSystem) -> dict[str, ParamSpec]:
     """All fit parameters of ``system`` by name (order: SLM, pupil, field, camera)."""
-    return _specs(system.zernike_terms)
+    return _specs(system.zernike_terms, hasattr(system, "illum_logamp"))
 
 
 def _tensor(system: PhysicalSystem, attr: str) -> torch.Tensor:
@@ -320,12 +353,14 @@ class ForwardModel:
         h, w = self._greys[0].shape if self._greys else (1, 1)
 
         def grid() -> torch.Tensor:
-            rc = slm.geometry.filter_to_slm(slm._sub_ij) - self.origin  # (N, N, m, m, 2)
+            # the spectrum's coordinate u sees the SLM at u + tilt (PhysicalSystem's tilt note)
+            ij = slm._sub_ij + self.system.tilt_cycles.detach()
+            rc = slm.geometry.filter_to_slm(ij) - self.origin  # (N, N, m, m, 2)
             y = 2 * rc[..., 0] / max(h - 1, 1) - 1
             x = 2 * rc[..., 1] / max(w - 1, 1) - 1
             return torch.stack([x, y], -1).reshape(1, -1, 1, 2).to(torch.float32)
 
-        g = self._cached("coords", self._key("geometry"), grid)
+        g = self._cached("coords", self._key("geometry", "field"), grid)
 
         def reflectances() -> torch.Tensor:
             planes = []
@@ -342,7 +377,7 @@ class ForwardModel:
             vals = vals.reshape(len(self._greys), 2, n, n, -1).mean(-1)
             return torch.complex(vals[:, 0], vals[:, 1])
 
-        return self._cached("slm", self._key("geometry", "lut"), make)
+        return self._cached("slm", self._key("geometry", "lut", "field"), make)
 
     @torch.no_grad()
     def filters(self) -> torch.Tensor:
@@ -352,17 +387,19 @@ class ForwardModel:
             f = self.slm_filters() * self.system.pupil_function()
             return torch.fft.ifftshift(f, dim=(-2, -1))
 
-        return self._cached("filter", self._key("geometry", "lut", "pupil"), make)
+        return self._cached("filter", self._key("geometry", "lut", "pupil", "field"), make)
 
     @torch.no_grad()
     def spectra(self) -> dict[str, torch.Tensor]:
         def make() -> dict[str, torch.Tensor]:
-            return {
-                k: torch.fft.fft2(self.system.illuminate(v[None]))[0]
-                for k, v in self.targets.items()
-            }
+            amp = illumination_amplitude(self.system)
+            out = {}
+            for k, v in self.targets.items():
+                f = self.system.illuminate(v[None])
+                out[k] = torch.fft.fft2(f if amp is None else f * amp)[0]
+            return out
 
-        return self._cached("field", self._key("field"), make)
+        return self._cached("field", self._key("illum"), make)
 
     @torch.no_grad()
     def intensity(self) -> torch.Tensor:
@@ -374,7 +411,9 @@ class ForwardModel:
             s = torch.stack([spec[o.target] for o in self.obs])
             return intensity(torch.fft.ifft2(s * h))
 
-        return self._cached("intensity", self._key("geometry", "lut", "pupil", "field"), make)
+        return self._cached(
+            "intensity", self._key("geometry", "lut", "pupil", "field", "illum"), make
+        )
 
     @torch.no_grad()
     def frames(self) -> torch.Tensor:
@@ -511,6 +550,8 @@ def solve(
     tol: float = 1e-5,
     callback: Callable[[int, float], None] | None = None,
     bounds: dict[str, tuple[float, float]] | None = None,
+    loss: str = "linear",
+    f_scale: float = 3.0,
 ) -> tuple[np.ndarray, np.ndarray, list[float], bool]:
     """Minimise ½‖r(x)‖² over the scaled parameters with ``scipy.optimize.least_squares``
     (trust-region reflective, bounds honoured by the trust region rather than by clipping).
@@ -518,7 +559,9 @@ def solve(
     The Jacobian is the problem's finite-difference one (one scaled unit per parameter, steps
     taken inwards at a bound; filters cached per parameter group), evaluated only at accepted
     points. Returns x, the Jacobian at x, ‖r‖² at each accepted point, and whether the solver
-    stopped on a tolerance (not on the evaluation budget).
+    stopped on a tolerance (not on the evaluation budget). ``loss``: scipy's robust losses
+    (``soft_l1``, ``huber`` …; residuals beyond ``f_scale`` noise σ weigh less — hot pixels,
+    ghosts), ``linear`` for plain least squares.
     """
     from scipy.optimize import least_squares
 
@@ -547,6 +590,8 @@ def solve(
         xtol=1e-8,
         gtol=1e-10,
         max_nfev=2 * max_iter + 1,
+        loss=loss,
+        f_scale=f_scale,
     )
     problem.set_x(sol.x)
     if not history or len(history) < 1:
@@ -563,16 +608,22 @@ def fit(
     sigma: Sequence[np.ndarray] | None = None,
     callback: Callable[[int, float], None] | None = None,
     bounds: dict[str, tuple[float, float]] | None = None,
+    loss: str = "linear",
+    extra_dof: int = 0,
 ) -> FitResult:
     """Fit the parameters ``names`` of ``system`` (in place) to ``observations``.
 
     ``targets`` maps target keys to the known sample phase (N, N) in radians. Parameters not
     named stay fixed. Returns the values, 1-σ uncertainties and per-observation residuals.
+    ``loss``: see :func:`solve` (χ²/dof is always the plain one); ``extra_dof``: parameters
+    estimated outside this fit from the same frames (flat-field maps), taken off the dof.
     """
     problem = LeastSquaresProblem(system, targets, observations, names, sigma)
-    x, jac, history, converged = solve(problem, max_iter, callback=callback, bounds=bounds)
+    x, jac, history, converged = solve(
+        problem, max_iter, callback=callback, bounds=bounds, loss=loss
+    )
     r = problem.residuals(x)
-    n_res, n_par = r.numel(), len(names)
+    n_res, n_par = int(torch.count_nonzero(problem.w)), len(names) + int(extra_dof)
     dof = max(n_res - n_par, 1)
     chi2_dof = float(r.square().sum()) / dof
     jtj = jac.T @ jac
@@ -601,19 +652,78 @@ def fit(
 
 
 def residual_report(problem: LeastSquaresProblem, r: torch.Tensor | None = None) -> dict[str, dict]:
-    """Per-observation residual summary at the current parameters."""
+    """Per-observation residual summary at the current parameters (valid pixels only)."""
     sim = problem.fm.frames()
     out = {}
     for i, o in enumerate(problem.fm.obs):
-        d = (sim[i] - problem.y[i]).numpy()
-        z = d * problem.w[i].numpy()
+        w = problem.w[i].numpy()
+        keep = w > 0
+        d = (sim[i] - problem.y[i]).numpy()[keep]
+        z = d * w[keep]
         out[o.pattern_id] = {
             "kind": o.kind,
-            "rms_adu": float(np.sqrt(np.mean(d**2))),
-            "rms_noise_units": float(np.sqrt(np.mean(z**2))),
+            "rms_adu": float(np.sqrt(np.mean(d**2))) if d.size else math.nan,
+            "rms_noise_units": float(np.sqrt(np.mean(z**2))) if z.size else math.nan,
             "signal_rms_adu": float(np.std(o.mean)),
         }
     return out
+
+
+def disagreeing_probes(result: FitResult, factor: float = 2.0) -> dict[str, float]:
+    """Probes the model explains worse than the rest: χ² per pixel above ``factor`` × the
+    median and above 1.5 (pattern id → χ²/pixel, worst first)."""
+    chi = {k: v["rms_noise_units"] ** 2 for k, v in result.per_observation.items()}
+    if not chi:
+        return {}
+    med = float(np.median(list(chi.values())))
+    bad = {k: v for k, v in chi.items() if v > max(factor * med, 1.5)}
+    return dict(sorted(bad.items(), key=lambda kv: -kv[1]))
+
+
+def degeneracies(result: FitResult, threshold: float = 0.98) -> list[tuple[str, str, float]]:
+    """Parameter pairs whose estimates are correlated beyond ``threshold`` (|ρ|): the probes
+    determine only a combination of the two."""
+    out = []
+    c = result.correlation
+    for i, a in enumerate(result.names):
+        for j in range(i + 1, len(result.names)):
+            if abs(c[i, j]) > threshold:
+                out.append((a, result.names[j], float(c[i, j])))
+    return out
+
+
+def flat_field(
+    observations: Sequence[Observation], model_frames: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel flat field G and dark frame D (ADU) from the probes' diversity.
+
+    Every pixel p sees different intensities under the different probes, so the per-pixel
+    straight line y_kp = G_p · m_kp + D_p (m: the fitted model's frames, y: the captured ones,
+    weighted by 1/σ²) separates what is the pixel's (gain, dark signal — PRNU, DSNU, hot pixels,
+    a slowly varying illumination envelope) from what the optics do. G is normalised to mean 1
+    and D to mean 0 (the global gain/offset stay with the camera parameters). Returns (G, D,
+    hot): ``hot`` marks pixels whose dark signal or gain is an outlier (> 8 robust σ), which
+    are left out of the fits afterwards.
+    """
+    y = np.stack([o.mean for o in observations]).astype(np.float64)
+    m = np.asarray(model_frames, dtype=np.float64)
+    w = np.stack([o.weight for o in observations]).astype(np.float64) ** 2
+    sw, sm, sy = w.sum(0), (w * m).sum(0), (w * y).sum(0)
+    smm, smy = (w * m * m).sum(0), (w * m * y).sum(0)
+    det = sw * smm - sm**2
+    ok = det > 1e-12 * np.maximum(sw * smm, 1e-300)
+    g = np.where(ok, (sw * smy - sm * sy) / np.where(ok, det, 1), 1.0)
+    d = np.where(ok, (smm * sy - sm * smy) / np.where(ok, det, 1), 0.0)
+    g = g / max(float(np.mean(g[ok])) if ok.any() else 1.0, 1e-9)
+    d = d - (float(np.mean(d[ok])) if ok.any() else 0.0)
+
+    def outliers(a: np.ndarray) -> np.ndarray:
+        med = float(np.median(a))
+        mad = 1.4826 * float(np.median(np.abs(a - med))) + 1e-12
+        return np.abs(a - med) > 8 * mad
+
+    hot = (outliers(d) & (np.abs(d) > 3.0)) | outliers(g) | ~ok
+    return g, d, hot
 
 
 def residual_maps(

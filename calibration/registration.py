@@ -74,6 +74,17 @@ def zernike_params(system: PhysicalSystem) -> list[str]:
     return [f"z{j}" for j in system.zernike_terms]
 
 
+def joint_params(system: PhysicalSystem) -> list[str]:
+    """Every parameter of the joint fit: camera, tilt, Zernike terms, SLM placement, LUT, and
+    the illumination envelope once the flat-field step has added it."""
+    from dmicro_hw.calibration.model_fit import param_specs
+
+    illum = [n for n in param_specs(system) if n.startswith("illum_")]
+    return (
+        CAMERA_PARAMS + TILT_PARAMS + zernike_params(system) + SLM_GEOMETRY_PARAMS + LUT_PARAMS
+    ) + illum
+
+
 @dataclass
 class Probe:
     """A pattern to display: id, family, grey levels (R, C) and metadata (e.g. edge position)."""
@@ -98,9 +109,9 @@ def _tilt_grid(
 ):
     """Set the tilt to the best point of alternating 1-D grids over [−½, ½] cycles.
 
-    The tilt of the (periodic) simulated field shows as ringing at the field borders whose χ²
-    has narrow minima (≈ 0.05 cycles wide), hence the fine step; gain and offset are regressed
-    at every point.
+    With the SLM flat the tilt shows only where the spectrum meets the pupil (its edge and the
+    aberrations at u + tilt), weakly; the knife-edge scan then fixes the DC on the SLM (offset +
+    M·tilt) and the joint fit the split. Gain and offset are regressed at every grid point.
     """
     fm = ForwardModel(system, targets, obs)
     y = np.concatenate([o.mean.ravel() for o in obs])

@@ -56,8 +56,89 @@ from dmicro_hw.optics.system import Mismatch, PhysicalSystem
 
 log = logging.getLogger(__name__)
 
-STEPS = ("registration", "lut", "fit", "adapt", "drift")
-DRIFT_PROBES = ("flat", "edge000", "edge090", "disc_r1.5", "ramp000", "ramp090")
+EXTRA_ZERNIKE_TERMS = (9, 10, 12, 13, 14, 15)  # tried by the flat-field re-fit, kept if > 5σ
+
+DRIFT_PROBES = (
+    "flat",
+    "edge000",
+    "edge090",
+    "disc_r1.5",
+    "ramp000",
+    "ramp090",
+    "lut_g00080",
+    "lut_g00175",
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One calibration step, declared once: the sequence, the resume logic (``resolve_steps``)
+    and the CLI (help text, default steps) all read :data:`STEP_TABLE`.
+
+    ``method``: the :class:`CalibrationRun` method that runs it while the known target is
+    mounted (``None``: runs after the bundle is written — adapt); ``needs``: steps whose results
+    it uses (from this run, else from a previous bundle, else they are run first);
+    ``default``: part of the default sequence; ``needs_checkpoint``: only with a trained
+    checkpoint; ``alone_needs_bundle``: run alone it compares with a stored bundle (drift).
+    """
+
+    name: str
+    description: str
+    method: str | None
+    needs: tuple[str, ...] = ()
+    default: bool = True
+    needs_checkpoint: bool = False
+    alone_needs_bundle: bool = False
+
+
+STEP_TABLE: tuple[Step, ...] = (
+    Step(
+        "registration",
+        "camera ↔ simulation grid, pupil, knife-edge DC, SLM placement",
+        "registration",
+    ),
+    Step("lut", "SLM phase response by Fourier phase stepping of the DC", "lut", ("registration",)),
+    Step(
+        "fit",
+        "joint camera-in-the-loop fit of every mismatch parameter; LUT levels re-measured "
+        "through the fitted model",
+        "fit",
+        ("registration",),
+    ),
+    Step(
+        "flatfield",
+        "per-pixel flat field and dark frame (hot pixels) from the probes' diversity, "
+        "extra Zernike terms where the data support them, robust re-fit",
+        "flatfield",
+        ("fit",),
+    ),
+    Step(
+        "adapt",
+        "decoder fine-tuning on the calibrated model",
+        None,
+        ("fit",),
+        default=False,
+        needs_checkpoint=True,
+    ),
+    Step(
+        "drift",
+        "reference probes for later drift checks (alone: check against a bundle)",
+        "drift_reference",
+        alone_needs_bundle=True,
+    ),
+)
+STEPS = tuple(s.name for s in STEP_TABLE)
+STEP_BY_NAME = {s.name: s for s in STEP_TABLE}
+
+
+def default_steps(with_checkpoint: bool = False) -> list[str]:
+    """The default sequence (plus the checkpoint steps when a trained checkpoint is known)."""
+    return [s.name for s in STEP_TABLE if s.default or (with_checkpoint and s.needs_checkpoint)]
+
+
+def steps_help() -> str:
+    """One line per step for the CLI's help."""
+    return "; ".join(f"{s.name}: {s.description}" for s in STEP_TABLE)
 
 
 class Reporter(Protocol):
@@ -136,21 +217,25 @@ def resolve_steps(
         raise ConfigError(f"--steps: no step given; allowed: {', '.join(STEPS)}")
     steps = set(req)
     notes = []
-    if steps & {"lut", "fit", "adapt"} and "registration" not in steps and not have_previous:
-        steps.add("registration")
-        notes.append("no previous bundle: running the registration first")
-    if "adapt" in steps and "fit" not in steps and not have_previous:
-        steps.add("fit")
-        notes.append("adapt needs a fitted model: running the fit first")
-    if "adapt" in steps and not have_checkpoint:
-        raise ConfigError(
-            "--steps adapt: needs a trained checkpoint (rig.checkpoint or --checkpoint)"
-        )
-    if steps == {"drift"} and not have_previous:
-        raise ConfigError(
-            "--steps drift: needs a calibration bundle to compare with "
-            "(rig.calibration or --bundle)"
-        )
+    if not have_previous:  # prerequisites come from this run: add them (transitively)
+        todo = list(steps)
+        while todo:
+            for need in STEP_BY_NAME[todo.pop()].needs:
+                if need not in steps:
+                    steps.add(need)
+                    todo.append(need)
+                    notes.append(f"no previous bundle: running {need} first")
+    for s in sorted(steps, key=STEPS.index):
+        if STEP_BY_NAME[s].needs_checkpoint and not have_checkpoint:
+            raise ConfigError(
+                f"--steps {s}: needs a trained checkpoint (rig.checkpoint or --checkpoint)"
+            )
+    if len(steps) == 1 and STEP_BY_NAME[next(iter(steps))].alone_needs_bundle:
+        if not have_previous:
+            raise ConfigError(
+                f"--steps {next(iter(steps))}: needs a calibration bundle to compare with "
+                "(rig.calibration or --bundle)"
+            )
     return [s for s in STEPS if s in steps], notes
 
 
@@ -240,6 +325,13 @@ class CalibrationRun:
         self.target = known_target(rig, self.opt)
         self.targets = {"target": self.target}
         self.system = new_system(rig, previous.mismatch if previous else None)
+        illum = {k: v["value"] for k, v in (previous.parameters if previous else {}).items()}
+        illum = {k: v for k, v in illum.items() if k.startswith("illum_")}
+        if illum:  # the bundle's illumination envelope (flat-field step) is part of its model
+            from dmicro_hw.calibration.model_fit import enable_illumination
+
+            enable_illumination(self.system)
+            set_params(self.system, illum)
         self.ratio = float(self.system.slm.geometry.ratio)
         self.obs: dict[str, Observation] = {}
         self.noise: NoiseModel | None = None
@@ -248,6 +340,8 @@ class CalibrationRun:
         self.joint: FitResult | None = None
         self.summaries: dict[str, str] = {}
         self.dc: tuple[float, float] | None = None
+        self.joint_obs: list[Observation] = []
+        self.flat: tuple[np.ndarray, ...] | None = None  # gain, dark, hot, envelope
         if previous is not None:
             self.dc = R.offset_to_dc(self.system)
 
@@ -395,13 +489,8 @@ class CalibrationRun:
         )
         use = [self.obs[k] for k in need if k in self.obs] + lut_obs[1::3]
         use += [self.obs[p.pattern_id] for p in probes]
-        names = (
-            R.CAMERA_PARAMS
-            + R.TILT_PARAMS
-            + R.zernike_params(self.system)
-            + R.SLM_GEOMETRY_PARAMS
-            + R.LUT_PARAMS
-        )
+        names = R.joint_params(self.system)
+        self.joint_obs = use
         self.joint = fit(
             self.system,
             self.targets,
@@ -412,24 +501,155 @@ class CalibrationRun:
             callback=self._fit_progress("joint fit"),
         )
         self.dc = R.offset_to_dc(self.system)
+        self.results["joint"] = self.joint.to_dict()
+        self.refine_lut()
+        self.summaries["fit"] = self._fit_summary(len(names), len(use))
+        self.rep.done("fit", self.summaries["fit"])
+
+    def _fit_summary(self, n_par: int, n_obs: int) -> str:
         j = self.joint
-        self.results["joint"] = j.to_dict()
         worst = max(j.per_observation.items(), key=lambda kv: kv[1]["rms_noise_units"])
-        self.summaries["fit"] = (
-            f"{len(names)} parameters on {len(use)} patterns, χ²/dof {j.chi2_dof:.2f}, "
+        return (
+            f"{n_par} parameters on {n_obs} patterns, χ²/dof {j.chi2_dof:.2f}, "
             f"defocus {j.values['z4']:+.4f} ± {j.sigma['z4']:.4f} rad, worst pattern "
             f"{worst[0]} ({worst[1]['rms_noise_units']:.2f}σ RMS)"
         )
-        self.rep.done("fit", self.summaries["fit"])
+
+    def refine_lut(self) -> None:
+        """Re-measure the LUT levels through the jointly fitted model.
+
+        The LUT step reads each level's phase with the registration's model; its remaining
+        aberration/tilt error biases the levels near φ ≈ π by up to 0.6 rad (seed 9 of the sim
+        rig: the table was 0.23–0.25 rad RMS off while the joint fit, with the right power law,
+        had χ²/dof 1.0). With every other parameter at its joint value the levels are unbiased;
+        their spread about the fitted curve sets the table's uncertainty.
+        """
+        lut_obs = sorted(
+            (x for x in self.obs.values() if x.kind == "lut"), key=lambda x: x.meta["grey"]
+        )
+        if not lut_obs:
+            return
+        resp = self.system.slm.response
+        with torch.no_grad():
+            start = [float(resp(torch.tensor(float(o.meta["grey"])))) for o in lut_obs]
+        levels = L.measure_level_phases(self.system, self.targets, lut_obs, start=start)
+        first = self.lut_fit
+        self.lut_fit = L.fit_lut(levels, self.bits, self.rig.slm.phase_range_rad)
+        self.results["lut"] = self.lut_fit.to_dict()
+        if first is not None:
+            self.results["lut"]["first_pass_vs_refined_rms_rad"] = L.lut_error_rms(
+                first.table, self.lut_fit.table
+            )
+            self.results["lut"]["first_pass_method"] = first.method
+
+    # ---------------------------------------------------------------- 4. flat field
+    def _rebuild(self, zernike: dict[int, float], illum: np.ndarray | None) -> None:
+        """A new model system with these Zernike terms and illumination envelope."""
+        from dmicro_hw.calibration.model_fit import enable_illumination
+        from dmicro_hw.optics.system import PhysicalSystem
+
+        mm = self.system.mismatch()
+        mm.zernike_rad = dict(zernike)
+        self.system = PhysicalSystem(self.rig.optics, self.rig.sensor, _slm_model_cfg(self.rig), mm)
+        enable_illumination(self.system)
+        if illum is not None:
+            with torch.no_grad():
+                self.system.illum_logamp.copy_(torch.as_tensor(illum))
+
+    def _robust_fit(self, use: list[Observation], extra_dof: int, label: str) -> FitResult:
+        return fit(
+            self.system,
+            self.targets,
+            use,
+            R.joint_params(self.system),
+            max_iter=self.opt.fit_max_iter,
+            bounds=R.BOUNDS,
+            callback=self._fit_progress(label),
+            loss="soft_l1",
+            extra_dof=extra_dof,
+        )
+
+    def flatfield(self) -> None:
+        """Illumination envelope and extra Zernike terms where the data support them, then the
+        camera's flat field and dark frame from the probes, and a robust re-fit (soft-L1)."""
+        from dmicro_hw.calibration.model_fit import flat_field, illumination_amplitude
+
+        o = self.opt
+        use = self.joint_obs or [x for x in self.obs.values() if x.kind != "lut"]
+        self.rep.step("flatfield", 2 * o.fit_max_iter, "flat field, dark frame, robust re-fit")
+        # 1. the sample-plane envelope and more Zernike terms (kept where |c| > 3σ)
+        z0 = self.system.mismatch().zernike_rad
+        extra = tuple(j for j in EXTRA_ZERNIKE_TERMS if j not in z0)
+        self._rebuild({**z0, **{j: 0.0 for j in extra}}, None)
+        res = self._robust_fit(use, 0, "envelope + Zernike")
+        weak = [j for j in extra if abs(res.values[f"z{j}"]) < 3 * res.sigma[f"z{j}"]]
+        if weak:
+            zk = {k: v for k, v in self.system.mismatch().zernike_rad.items() if k not in weak}
+            self._rebuild(zk, self.system.illum_logamp.detach().numpy().copy())
+        # 2. the camera's own per-pixel gain and dark signal (what no optics explains)
+        sim = ForwardModel(self.system, self.targets, use).frames().numpy()
+        g, d, hot = flat_field(use, sim)
+        for x in self.obs.values():
+            x.mean = (x.mean - d) / g
+            x.var = x.var / g**2
+            keep = (~hot).astype(np.float64)
+            x.valid = keep if x.valid is None else x.valid * keep
+        # 3. robust re-fit of everything on the corrected frames
+        res = self._robust_fit(use, 2 * int(g.size), "robust re-fit")
+        amp = illumination_amplitude(self.system)
+        k = self.rig.optics.binning
+        env = torch.nn.functional.avg_pool2d((amp**2)[None, None], k)[0, 0].numpy()
+        self.flat = (g, d, hot, env)
+        self.joint = res
+        self.dc = R.offset_to_dc(self.system)
+        self.results["joint"] = res.to_dict()
+        self.refine_lut()
+        kept = [j for j in extra if j not in weak]
+        self.results["flatfield"] = {
+            "gain_rms": float(np.std(g)),
+            "gain_min": float(g.min()),
+            "gain_max": float(g.max()),
+            "dark_rms_adu": float(np.std(d)),
+            "hot_pixels": int(hot.sum()),
+            "envelope_min_rel": float(env.min() / env.max()),
+            "extra_zernike_kept": kept,
+            "extra_zernike_dropped": list(weak),
+        }
+        ff = self.results["flatfield"]
+        self.summaries["flatfield"] = (
+            f"illumination envelope min {100 * ff['envelope_min_rel']:.0f} % of max; flat "
+            f"field ±{100 * ff['gain_rms']:.2f} % RMS, dark {ff['dark_rms_adu']:.2f} ADU RMS, "
+            f"{ff['hot_pixels']} hot pixels masked; extra Zernike terms kept: "
+            f"{', '.join(f'Z{j}' for j in kept) or 'none'}; "
+            + self._fit_summary(len(res.names), len(use))
+        )
+        self.rep.done("flatfield", self.summaries["flatfield"])
+
+    # ---------------------------------------------------------------- 5. drift reference
+    def drift_reference(self) -> None:
+        self.rep.step("drift", 1, "drift reference")
+        refs = [k for k in DRIFT_PROBES if k in self.obs]
+        self.summaries["drift"] = f"reference probes recorded: {', '.join(refs) or 'none'}"
+        self.rep.done("drift", self.summaries["drift"])
 
     # ---------------------------------------------------------------- products
     def lut_table(self) -> tuple[np.ndarray, np.ndarray, str]:
-        """Final LUT: the joint fit's parametric curve when the power law was accepted."""
+        """Final LUT: the per-level curve (re-measured through the fitted model after the fit).
+
+        Its 1-σ per grey level is the curve's own σ combined (in quadrature) with its
+        difference from the joint fit's power law — two estimates of the same response from
+        different frames; where they disagree, neither is known better than that.
+        """
         rng = self.rig.slm.phase_range_rad
         j = self.joint
-        if self.lut_fit is not None and self.lut_fit.method != "parametric":
-            return self.lut_fit.table, self.lut_fit.table_sigma, self.lut_fit.method
         gm = get_params(self.system, ["lut_gamma", "lut_scale"])
+        if self.lut_fit is not None:
+            table, sig = self.lut_fit.table, self.lut_fit.table_sigma
+            if j is not None and "lut_gamma" in j.names:
+                joint = L.parametric_table(gm["lut_gamma"], gm["lut_scale"], self.bits, rng)
+                diff = (joint - joint[0]) - (table - table[0])
+                sig = np.hypot(sig, diff)
+            return table, sig, self.lut_fit.method
         table = L.parametric_table(gm["lut_gamma"], gm["lut_scale"], self.bits, rng)
         if j is not None and "lut_gamma" in j.names:
             i, k = j.names.index("lut_gamma"), j.names.index("lut_scale")
@@ -481,6 +701,49 @@ class CalibrationRun:
             }
         return out
 
+    def diagnostics(self) -> dict[str, Any]:
+        """What the fit does not explain and what the probes do not determine.
+
+        * ``chi2_dof`` above ~1.2: model error (the bench does something the model does not);
+          ``disagreeing_probes``: probes whose χ²/pixel is above twice the median;
+        * ``undetermined``: parameters whose 3σ exceeds the calibration targets (DC on the SLM
+          0.25 px, rotation 0.1°, defocus 5 %, LUT 0.05 rad RMS), ``degenerate_pairs``: pairs
+          with |correlation| > 0.98 (only their combination is measured).
+        """
+        from dmicro_hw.calibration.model_fit import degeneracies, disagreeing_probes
+
+        j = self.joint
+        out: dict[str, Any] = {}
+        und: list[str] = []
+        if j is not None:
+            chi = {k: v["rms_noise_units"] ** 2 for k, v in j.per_observation.items()}
+            out["chi2_dof"] = j.chi2_dof
+            out["model_error"] = bool(j.chi2_dof > 1.2)
+            out["disagreeing_probes"] = disagreeing_probes(j)
+            out["worst_probes"] = dict(sorted(chi.items(), key=lambda kv: -kv[1])[:3])
+            out["degenerate_pairs"] = [list(p) for p in degeneracies(j)]
+            # a split the probes barely see: its 1-σ (curvature at the optimum) says little
+            # about a valley |ρ| > 0.99 long — the parts are not determined, only their sum
+            for a, b, rho in degeneracies(j, 0.99):
+                und.append(f"{a} vs {b} (ρ {rho:+.3f})")
+            p = self.parameters()
+            sy, sx = p.get("dc_on_slm_y", {}).get("sigma"), p.get("dc_on_slm_x", {}).get("sigma")
+            if sy is not None and sx is not None and 3 * math.hypot(sy, sx) > 0.25:
+                und.append("slm offset")
+            if 3 * j.sigma.get("slm_rotation", 0.0) > math.radians(0.1):
+                und.append("slm rotation")
+            z4 = abs(j.values.get("z4", 0.0))
+            if 3 * j.sigma.get("z4", 0.0) > max(0.05 * z4, 0.005):
+                und.append("defocus")
+        table, sig, _ = self.lut_table()
+        out["lut_sigma_rms_rad"] = float(np.sqrt(np.mean(sig**2)))
+        if 3 * out["lut_sigma_rms_rad"] > 0.05:
+            und.append("LUT")
+        if self.lut_fit is not None:
+            out["lut_levels_chi2_dof"] = self.lut_fit.chi2_dof
+        out["undetermined"] = und
+        return out
+
     def mismatch(self) -> Mismatch:
         m = self.system.mismatch()
         if self.noise is not None:
@@ -529,6 +792,7 @@ class CalibrationRun:
                 "phase_max_rad": self.opt.target_phase_max_rad,
             },
             "drift_reference": [k for k in DRIFT_PROBES if k in self.obs],
+            "diagnostics": self.diagnostics(),
             "lut_table_rms_rad": float(np.sqrt(np.mean((table - table[0]) ** 2))),
         }
 
@@ -590,7 +854,7 @@ def run_calibration(
     rig: RigConfig,
     slm: Any,
     camera: Any,
-    steps: Sequence[str] = ("registration", "lut", "fit", "drift"),
+    steps: Sequence[str] | None = None,
     out_dir: Path | str | None = None,
     options: CalibrationOptions | None = None,
     reporter: Reporter | None = None,
@@ -604,12 +868,14 @@ def run_calibration(
     Returns the bundle data (and the drift report for a drift-only run).
     """
     opts = options or CalibrationOptions()
+    if steps is None:
+        steps = default_steps(checkpoint is not None)
     order, notes = resolve_steps(steps, previous is not None, checkpoint is not None)
     run = CalibrationRun(rig, slm, camera, opts, reporter, previous, checkpoint)
     for n in notes:
         run.rep.note(n)
     t0 = time.monotonic()
-    if order == ["drift"]:
+    if len(order) == 1 and STEP_BY_NAME[order[0]].alone_needs_bundle:
         from dmicro_hw.calibration.drift import check_drift
 
         assert previous is not None
@@ -625,19 +891,9 @@ def run_calibration(
         run.rep.note("real bench: the known phase target must be mounted in the sample plane")
     try:
         for s in order:
-            if s == "registration":
-                run.registration()
-            elif s == "lut":
-                run.lut()
-            elif s == "fit":
-                run.fit()
-            elif s == "adapt":
-                pass  # after the bundle exists (below)
-            elif s == "drift":
-                run.rep.step("drift", 1, "drift reference")
-                refs = [k for k in DRIFT_PROBES if k in run.obs]
-                run.summaries["drift"] = f"reference probes recorded: {', '.join(refs) or 'none'}"
-                run.rep.done("drift", run.summaries["drift"])
+            method = STEP_BY_NAME[s].method
+            if method is not None:  # adapt runs after the bundle exists (below)
+                getattr(run, method)()
     finally:
         slm.blank()
         if placed:
@@ -649,7 +905,7 @@ def run_calibration(
         out = Path(out_dir)
         table, sig, _ = run.lut_table()
         probes = {k: o.grey for k, o in run.obs.items()}
-        B.write_bundle(out, data, table, sig, run.capturer.log, probes, run.target)
+        B.write_bundle(out, data, table, sig, run.capturer.log, probes, run.target, run.flat)
         data["plots"] = [p.name for p in run.plots(out)]
         if "adapt" in order:
             from dmicro_hw.calibration.adapt import adapt_checkpoint

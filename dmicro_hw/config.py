@@ -363,6 +363,52 @@ class MismatchConfig(StrictModel):
     scale: float = Field(1.0, ge=0, le=5, description="multiplies every mismatch magnitude")
 
 
+REALISM_EFFECTS = (
+    "illumination",
+    "stray_light",
+    "slm_pixel_response",
+    "lut_drift",
+    "flicker",
+    "high_zernike",
+    "fixed_pattern",
+    "focal_length",
+    "partial_coherence",
+)
+
+
+class RealismConfig(StrictModel):
+    """Effects of the virtual bench that the calibration model does NOT contain (seeded, hidden).
+
+    ``level`` sets every effect's magnitude (``none``: all off; ``moderate``; ``harsh``); each
+    effect key forces that effect on (at the level's magnitude, ``moderate`` when the level is
+    ``none``) or off; ``null`` follows the level. ``seed`` (default ``bench.mismatch.seed``)
+    draws the effects; ``elapsed_s`` is how long the bench has been warming up (LUT drift).
+    """
+
+    level: Literal["none", "moderate", "harsh"] = "none"
+    seed: int | None = None
+    elapsed_s: float = Field(0.0, ge=0, le=1e7)
+    illumination: bool | None = Field(None, description="Gaussian/vignetted illumination")
+    stray_light: bool | None = Field(None, description="stray-light background and a DC ghost")
+    slm_pixel_response: bool | None = Field(None, description="per-pixel SLM phase response")
+    lut_drift: bool | None = Field(None, description="LUT drift with warm-up time")
+    flicker: bool | None = Field(None, description="SLM phase ripple within an exposure")
+    high_zernike: bool | None = Field(None, description="Zernike terms beyond the fitted ones")
+    fixed_pattern: bool | None = Field(None, description="camera PRNU/DSNU and hot pixels")
+    focal_length: bool | None = Field(None, description="slightly wrong Fourier-plane scale")
+    partial_coherence: bool | None = Field(None, description="extended (partially coherent) source")
+
+    def active(self) -> dict[str, float]:
+        """Effect name → magnitude multiplier (moderate 1, harsh 2.5) of the effects that are on."""
+        mag = {"none": 1.0, "moderate": 1.0, "harsh": 2.5}[self.level]
+        out = {}
+        for name in REALISM_EFFECTS:
+            on = getattr(self, name)
+            if on or (on is None and self.level != "none"):
+                out[name] = mag
+        return out
+
+
 def strip_fade_px(field_size: int) -> int:
     """Columns over which each N×N tile of the virtual bench's sample strip fades to the
     background at its left and right edges (N/16, at least 1)."""
@@ -419,6 +465,7 @@ class BenchConfig(StrictModel):
     seed: int = 0
     phase_max_rad: float = Field(3.141592653589793, gt=0, le=1000)
     mismatch: MismatchConfig = MismatchConfig()
+    realism: RealismConfig = RealismConfig()
     faults: FaultsConfig = FaultsConfig()
     beads: BeadSampleConfig = BeadSampleConfig()
     frame_rate_hz: float = Field(100.0, gt=0, le=100000)

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from dmicro_hw.config import (
     BenchConfig,
     OpticsConfig,
+    RealismConfig,
     RigConfig,
     SensorConfig,
     SLMModelConfig,
@@ -58,7 +59,8 @@ from dmicro_hw.config import (
 from dmicro_hw.errors import FrameShapeError
 from dmicro_hw.optics.fields import unit_phasor
 from dmicro_hw.optics.sensor import NumpySensor
-from dmicro_hw.optics.system import Mismatch, PhysicalSystem
+from dmicro_hw.optics.slm import gaussian_blur
+from dmicro_hw.optics.system import ZERNIKE_TERMS, Mismatch, PhysicalSystem
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,149 @@ def _strip_from_tiles(tiles: np.ndarray) -> np.ndarray:
     w[:m], w[n - m :] = ramp, ramp[::-1]
     strip = np.concatenate(list(tiles * w), axis=1)
     return np.ascontiguousarray(strip, dtype=np.float32)
+
+
+HIGH_ZERNIKE_TERMS = (9, 10, 12, 13, 14, 15)  # beyond the calibration's fitted terms
+
+
+@dataclass
+class Realism:
+    """Effects of the twin that the calibration model does not contain (``bench.realism``).
+
+    Drawn from ``realism.seed`` (default ``bench.mismatch.seed``) with magnitudes × the level's
+    multiplier ``m`` (moderate 1, harsh 2.5); an effect that is off keeps its neutral value.
+
+    * illumination: intensity envelope exp(−2|x − c|²/w²) (Gaussian beam, w = 1.6–1.9·N/√m)
+      times a cos⁴-like vignette (0–3 %·m at the corners), on the sample field's amplitude;
+    * stray light: a uniform background (0.5–1.5 %·m of the clear-field intensity) and a DC
+      ghost (0.3–0.8 %·m of the image, shifted by up to N/4 and blurred);
+    * SLM pixel response: the phase of pixel (r, c) is φ(g)·(1 + ε_rc), ε smooth (σ 1.5 %·m,
+      correlation 20 px) plus white (σ 1 %·m);
+    * LUT drift: φ(g)·(1 + a·(1 − e^{−t/τ})) with a 1.5–3 %·m, τ = 30 min (the liquid crystal
+      warming up), t the bench's warm-up time (``realism.elapsed_s`` + bench clock since creation);
+    * flicker: phase ripple φ·(1 ± δ/√2) averaged within an exposure, δ 2–3 %·m;
+    * high Zernike terms: Noll 9, 10, 12–15 at ±0.05·m rad RMS each;
+    * fixed pattern: camera PRNU (σ 0.5 %·m), DSNU (σ 0.5·m ADU) and 0.2 %·m hot pixels
+      (dark signal 200–2000·m e⁻ per reference exposure);
+    * focal length: the Fourier-plane scale off by ±(0.3–1) %·m (a wrong lens focal length);
+    * partial coherence: an extended source, the centre point plus 6 points on a ring of
+      0.12–0.18·m filter samples (incoherent sum of their images).
+    """
+
+    effects: dict[str, float]
+    illumination: np.ndarray | None = None  # (N, N) field amplitude envelope
+    background: float = 0.0  # stray light, fraction of the clear-field intensity
+    ghost: float = 0.0
+    ghost_shift: tuple[int, int] = (0, 0)
+    slm_eps: np.ndarray | None = None  # (R, C) relative phase-response error per SLM pixel
+    drift_amplitude: float = 0.0
+    drift_tau_s: float = 1800.0
+    flicker: float = 0.0
+    extra_zernike: dict[int, float] = field(default_factory=dict)
+    prnu: np.ndarray | None = None  # (h, w) per-pixel gain
+    dsnu_adu: np.ndarray | None = None  # (h, w) per-pixel offset, ADU
+    hot_e: np.ndarray | None = None  # (h, w) dark electrons at the reference exposure
+    focal_scale: float = 1.0
+    sources: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 1.0),)  # (dy, dx, weight)
+
+    @classmethod
+    def draw(
+        cls, cfg: RealismConfig, seed: int, n: int, slm_shape: tuple[int, int], binning: int
+    ) -> Realism:
+        eff = cfg.active()
+        rng = np.random.default_rng([int(seed if cfg.seed is None else cfg.seed), 0x2EA1])
+        out = cls(effects=eff)
+
+        def u(lo: float, hi: float) -> float:
+            return float(rng.uniform(lo, hi))
+
+        def sgn() -> float:
+            return float(rng.choice([-1.0, 1.0]))
+
+        # every draw happens whatever is on, so one effect's values do not depend on the others
+        w, cy, cx, vig = u(1.6, 1.9), u(-0.08, 0.08), u(-0.08, 0.08), u(0.0, 0.03)
+        bg, gh = u(0.005, 0.015), u(0.003, 0.008)
+        gshift = (int(rng.integers(-n // 4, n // 4 + 1)), int(rng.integers(-n // 4, n // 4 + 1)))
+        rows, cols = slm_shape
+        smooth = torch.from_numpy(rng.standard_normal((rows, cols)).astype(np.float32))
+        smooth = gaussian_blur(smooth, 20.0).numpy()
+        smooth /= max(float(smooth.std()), 1e-9)
+        white = rng.standard_normal((rows, cols)).astype(np.float32)
+        drift = u(0.015, 0.03)
+        flick = u(0.02, 0.03)
+        zern = {j: u(-0.05, 0.05) for j in HIGH_ZERNIKE_TERMS}
+        h = n // binning
+        prnu = rng.standard_normal((h, h)).astype(np.float32)
+        dsnu = rng.standard_normal((h, h)).astype(np.float32)
+        hot_sel = rng.random((h, h))
+        hot_val = rng.uniform(200, 2000, (h, h)).astype(np.float32)
+        focal = sgn() * u(0.003, 0.01)
+        ring = u(0.12, 0.18)
+
+        if "illumination" in eff:
+            m = eff["illumination"]
+            c = (np.arange(n) - n // 2) / n
+            yy, xx = np.meshgrid(c, c, indexing="ij")
+            env = np.exp(-2 * ((yy - cy) ** 2 + (xx - cx) ** 2) / (w / math.sqrt(m)) ** 2)
+            env *= 1 - vig * m * np.clip((yy**2 + xx**2) / 0.5, 0, 1) ** 2
+            out.illumination = np.sqrt(env).astype(np.float32)
+        if "stray_light" in eff:
+            m = eff["stray_light"]
+            out.background, out.ghost, out.ghost_shift = bg * m, gh * m, gshift
+        if "slm_pixel_response" in eff:
+            m = eff["slm_pixel_response"]
+            out.slm_eps = (0.015 * m * smooth + 0.01 * m * white).astype(np.float32)
+        if "lut_drift" in eff:
+            out.drift_amplitude = drift * eff["lut_drift"]
+        if "flicker" in eff:
+            out.flicker = flick * eff["flicker"]
+        if "high_zernike" in eff:
+            out.extra_zernike = {j: v * eff["high_zernike"] for j, v in zern.items()}
+        if "fixed_pattern" in eff:
+            m = eff["fixed_pattern"]
+            out.prnu = (1 + 0.005 * m * prnu).astype(np.float32)
+            out.dsnu_adu = (0.5 * m * dsnu).astype(np.float32)
+            out.hot_e = np.where(hot_sel < 0.002 * m, hot_val * m, 0).astype(np.float32)
+        if "focal_length" in eff:
+            out.focal_scale = 1 + focal * eff["focal_length"]
+        if "partial_coherence" in eff:
+            r = ring * eff["partial_coherence"]
+            pts = [(0.0, 0.0, 0.4)]
+            pts += [
+                (r * math.sin(a), r * math.cos(a), 0.1)
+                for a in np.linspace(0, 2 * math.pi, 6, endpoint=False)
+            ]
+            out.sources = tuple(pts)
+        return out
+
+    def drift(self, t_s: float) -> float:
+        """Relative LUT change after ``t_s`` seconds of warm-up."""
+        if self.drift_amplitude == 0:
+            return 0.0
+        return self.drift_amplitude * (1 - math.exp(-max(t_s, 0.0) / self.drift_tau_s))
+
+    @property
+    def slm_effects(self) -> bool:
+        return self.slm_eps is not None or self.drift_amplitude != 0 or self.flicker != 0
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers of the drawn effects (scoring and reports only)."""
+        return {
+            "effects": sorted(self.effects),
+            "illumination_min_rel": None
+            if self.illumination is None
+            else float(self.illumination.min() ** 2 / self.illumination.max() ** 2),
+            "background": self.background,
+            "ghost": self.ghost,
+            "slm_eps_rms": None if self.slm_eps is None else float(self.slm_eps.std()),
+            "drift_amplitude": self.drift_amplitude,
+            "flicker": self.flicker,
+            "extra_zernike_rad": {str(k): v for k, v in self.extra_zernike.items()},
+            "prnu_rms": None if self.prnu is None else float(self.prnu.std()),
+            "hot_pixels": 0 if self.hot_e is None else int(np.count_nonzero(self.hot_e)),
+            "focal_scale": self.focal_scale,
+            "source_ring_samples": float(math.hypot(*self.sources[-1][:2])),
+        }
 
 
 class VirtualBench:
@@ -143,8 +288,23 @@ class VirtualBench:
         slm_model = SLMModelConfig(
             **{k: getattr(slm, k) for k in SLMModelConfig.model_fields if hasattr(slm, k)}
         )
+        self._t0 = self.clock()
+        self._realism = Realism.draw(
+            self.bench_cfg.realism,
+            mm_cfg.seed,
+            self.field_size,
+            self.slm_shape,
+            self.binning,
+        )
+        rz = self._realism
+        twin_mm = Mismatch.from_dict(self._hidden_mismatch.to_dict())
+        twin_mm.slm_scale *= rz.focal_scale  # a wrong focal length scales the Fourier plane
+        twin_mm.zernike_rad = {**twin_mm.zernike_rad, **rz.extra_zernike}
+        terms = ZERNIKE_TERMS + tuple(j for j in rz.extra_zernike if j not in ZERNIKE_TERMS)
         with torch.no_grad():
-            self._system = PhysicalSystem(optics, sensor, slm_model, self._hidden_mismatch).eval()
+            self._system = PhysicalSystem(
+                optics, sensor, slm_model, twin_mm, zernike_terms=terms
+            ).eval()
             self._precompute()
 
         self._rng = np.random.default_rng([int(self.bench_cfg.seed), 0x5EB])
@@ -176,8 +336,10 @@ class VirtualBench:
     def _precompute(self) -> None:
         s = self._system
         n = self.field_size
-        ramp = 2 * math.pi * (s._yx @ s.tilt_cycles) / n  # float64 (N, N)
-        self._tilt = ramp.to(torch.float32)
+        # the illumination tilt acts in the Fourier plane (PhysicalSystem.realised_filter), as
+        # do the points of an extended source (each one a further shift of the spectrum)
+        ill = self._realism.illumination
+        self._illum = None if ill is None else torch.from_numpy(ill)
         mm = self._hidden_mismatch
         identity = (
             mm.camera_shift_px == (0.0, 0.0)
@@ -379,32 +541,85 @@ class VirtualBench:
         return f"{prev.key}>{cur.key}@{step}", blend, cur.label
 
     # ------------------------------------------------------------------ optics
-    def _filter(self, key: str, grey: Callable[[], np.ndarray] | np.ndarray) -> torch.Tensor:
-        """Realised filter (ifftshifted, complex64 (N, N)) for a displayed pattern, cached."""
+    def _drift_now(self) -> float:
+        """Relative LUT drift at the bench's current warm-up time (quantised to 1e-5)."""
+        rz = self._realism
+        if rz.drift_amplitude == 0:
+            return 0.0
+        t = self.bench_cfg.realism.elapsed_s + self.clock() - self._t0
+        return round(rz.drift(t), 5)
+
+    def _realised(self, g: np.ndarray, drift: float) -> list[tuple[float, torch.Tensor]]:
+        """(weight, centred realised filter) per SLM state within an exposure (flicker) and
+        per point of the source (partial coherence); the weights sum to 1."""
+        s, rz = self._system, self._realism
+        grey = torch.as_tensor(np.asarray(g, np.float32))
+        if not rz.slm_effects and len(rz.sources) == 1:
+            return [(1.0, s.realised_filter(grey))]
+        slm = s.slm
+        base = slm.response(grey) * (1 + drift)
+        if rz.slm_eps is not None:
+            base = base * (1 + torch.from_numpy(rz.slm_eps))
+        states = [0.0] if rz.flicker == 0 else [rz.flicker, -rz.flicker]
+        refls = []
+        for d in states:
+            phase = gaussian_blur(base * (1 + d / math.sqrt(2)), slm.fringing_px)
+            refls.append(slm.fill_factor * unit_phasor(phase) + (1 - slm.fill_factor))
+        out = []
+        for dy, dx, ws in rz.sources:
+            shift = torch.tensor([dy, dx], dtype=torch.float64)
+            pupil = s.pupil_function(shift)
+            for refl in refls:
+                out.append((ws / len(refls), s.sample_slm(refl, shift) * pupil))
+        return out
+
+    def _filter(
+        self, key: str, grey: Callable[[], np.ndarray] | np.ndarray
+    ) -> list[tuple[float, torch.Tensor]]:
+        """Realised filters (weight, ifftshifted complex64 (N, N)) of a displayed pattern,
+        cached (keyed also by the LUT drift state)."""
+        drift = self._drift_now()
+        key = f"{key}@{drift}" if drift else key
         h = self._filters.get(key)
         if h is not None:
             self._filters.move_to_end(key)
             return h
         g = grey() if callable(grey) else grey
         with torch.no_grad():
-            centred = self._system.realised_filter(torch.as_tensor(np.asarray(g, np.float32)))
-            h = torch.fft.ifftshift(centred, dim=(-2, -1)).contiguous()
+            h = [
+                (w, torch.fft.ifftshift(c, dim=(-2, -1)).contiguous())
+                for w, c in self._realised(g, drift)
+            ]
         self._filters[key] = h
         self.stats["filters_built"] += 1
         while len(self._filters) > self._max_filters:
             self._filters.popitem(last=False)
         return h
 
-    def _electrons_batch(self, phases: np.ndarray, h: torch.Tensor) -> np.ndarray:
-        """Noise-free mean electrons per binned pixel (B, n, n) at the reference exposure."""
+    def _electrons_batch(
+        self, phases: np.ndarray, hs: list[tuple[float, torch.Tensor]]
+    ) -> np.ndarray:
+        """Noise-free mean electrons per binned pixel (B, n, n) at the reference exposure.
+
+        Incoherent sum over the source points (partial coherence) and the SLM states within
+        the exposure (flicker); then stray light, camera registration, binning."""
         with torch.no_grad():
-            ph = torch.from_numpy(np.ascontiguousarray(phases, dtype=np.float32))
-            ph = ph + self._tilt
-            field = unit_phasor(ph)
-            spec = torch.fft.fft2(field)
-            spec.mul_(h)
-            img = torch.fft.ifft2(spec)
-            inten = img.real.square_().add_(img.imag.square())
+            field = unit_phasor(torch.from_numpy(np.ascontiguousarray(phases, dtype=np.float32)))
+            if self._illum is not None:
+                field = field * self._illum
+            spec0 = torch.fft.fft2(field)
+            inten = None
+            for wf, h in hs:
+                img = torch.fft.ifft2(spec0 * h)
+                part = img.real.square_().add_(img.imag.square()).mul_(wf)
+                inten = part if inten is None else inten.add_(part)
+            rz = self._realism
+            if rz.ghost > 0:
+                ghost = torch.roll(inten, rz.ghost_shift, dims=(-2, -1))
+                ghost = torch.stack([gaussian_blur(g, 2.0) for g in ghost])
+                inten = inten + rz.ghost * ghost
+            if rz.background > 0:
+                inten = inten + rz.background
             if self._grid is not None:
                 grid = self._grid.expand(inten.shape[0], -1, -1, -1)
                 inten = F.grid_sample(
@@ -462,8 +677,15 @@ class VirtualBench:
     # ------------------------------------------------------------------ sensor
     def _adu(self, e_ref: np.ndarray, exposure_s: float | None, noise: bool) -> np.ndarray:
         """Mean electrons → raw ADU float32: the numpy twin of the sensor chain of Sensor +
-        PhysicalSystem (:class:`~dmicro_hw.optics.sensor.NumpySensor`)."""
-        return self._sensor_np.adu(e_ref, self._rng, noise, exposure_s)
+        PhysicalSystem (:class:`~dmicro_hw.optics.sensor.NumpySensor`), with the camera's
+        fixed pattern (``bench.realism``: PRNU and hot pixels on the electrons, DSNU in ADU)."""
+        rz = self._realism
+        if rz.prnu is not None:
+            e_ref = e_ref * rz.prnu + rz.hot_e
+        adu = self._sensor_np.adu(e_ref, self._rng, noise, exposure_s)
+        if rz.dsnu_adu is not None:
+            adu = np.clip(adu + rz.dsnu_adu, 0.0, self._adc_max)
+        return adu
 
     @property
     def adc_max(self) -> float:
@@ -543,8 +765,21 @@ def reveal_mismatch_for_scoring(bench: VirtualBench) -> Mismatch:
 
     Calibration code must never call this: it has to recover the mismatch from frames.
     """
-    m = bench._hidden_mismatch
-    return Mismatch.from_dict(m.to_dict())
+    m = Mismatch.from_dict(bench._hidden_mismatch.to_dict())
+    rz = bench._realism  # the effective values of what the model family can describe
+    m.slm_scale *= rz.focal_scale
+    m.lut_scale *= 1 + bench._drift_now()
+    m.zernike_rad = {**m.zernike_rad, **rz.extra_zernike}
+    return m
+
+
+def reveal_realism_for_scoring(bench: VirtualBench) -> dict[str, Any]:
+    """The drawn unmodelled effects of the bench (``bench.realism``) as plain numbers — FOR
+    SCORING AND REPORTS ONLY (calibration code must never read them)."""
+    out = bench._realism.summary()
+    out["level"] = bench.bench_cfg.realism.level
+    out["lut_drift_now"] = bench._drift_now()
+    return out
 
 
 def bench_of(device: Any) -> VirtualBench:

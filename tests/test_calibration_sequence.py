@@ -215,10 +215,12 @@ def test_bench_calibration_cli_scores_recovery_and_writes_json(tmp_path, monkeyp
             "--no-psnr", "--frames", "4", "--out", "bc"]  # fmt: skip
     assert _run(app, argv) == 0
     res = json.loads((tmp_path / "bc" / "bench_calibration.json").read_text())
-    assert res["seeds"] == [TEST_SEEDS[1]] and res["all_recovery_targets_met"] is True
-    (row,) = res["rows"]
+    level = res["levels"]["none"]
+    assert res["seeds"] == [TEST_SEEDS[1]] and level["all_recovery_targets_met"] is True
+    (row,) = level["rows"]
     assert set(row["meets"]) == set(S.TARGETS) and "psnr_after" not in row
-    assert row["errors"]["slm_offset_err_px"] < S.TARGETS["slm_offset_err_px"]
+    assert row["errors"]["dc_err_px"] < S.TARGETS["dc_err_px"]
+    assert row["diagnostics"]["chi2_dof"] == row["chi2_dof"]
     real = yaml.safe_load(cfg.read_text())
     real["camera"] = {"backend": "genicam"}
     (tmp_path / "real.yaml").write_text(yaml.safe_dump(real))

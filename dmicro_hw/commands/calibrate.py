@@ -15,11 +15,15 @@ import typer
 
 from dmicro_hw.safe_io import write_text_safely
 
-STEP_HELP = (
-    "comma-separated steps, run in the documented order registration → lut → fit → adapt → "
-    "drift (default: registration,lut,fit,drift; plus adapt when a checkpoint is known). "
-    "'drift' alone checks the rig against a stored bundle."
-)
+
+def _step_help() -> str:
+    from dmicro_hw.calibration.sequence import STEPS, default_steps, steps_help
+
+    return (
+        f"comma-separated steps, run in the documented order {' → '.join(STEPS)} (default: "
+        f"{','.join(default_steps())}; plus the checkpoint steps when a checkpoint is known). "
+        f"{steps_help()}"
+    )
 
 
 class RichReporter:
@@ -92,7 +96,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("calibrate")
     def calibrate(
         config: Path = typer.Option(..., "--config", "-c", help="rig.yaml"),
-        steps: str = typer.Option("", "--steps", help=STEP_HELP),
+        steps: str = typer.Option("", "--steps", help=_step_help()),
         out: Path | None = typer.Option(
             None, "--out", "-o", help="bundle folder (default runs/calibration/<rig>-<UTC time>)"
         ),
@@ -122,7 +126,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         from dmicro_hw.calibration.adapt import is_adapted
         from dmicro_hw.calibration.bundle import ADAPTED_CHECKPOINT, load_bundle
-        from dmicro_hw.calibration.sequence import CalibrationOptions, run_calibration
+        from dmicro_hw.calibration.sequence import (
+            STEP_BY_NAME,
+            CalibrationOptions,
+            default_steps,
+            run_calibration,
+        )
         from dmicro_hw.config import load_rig_config
         from dmicro_hw.errors import CheckpointError
         from dmicro_hw.progress import make_console
@@ -141,19 +150,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if steps.strip():
             step_list = [s for s in steps.split(",") if s.strip()]
         else:
-            step_list = ["registration", "lut", "fit", "drift"]
+            step_list = default_steps(with_checkpoint=ck is not None and not is_adapted(ck))
             if ck is not None and is_adapted(ck):
                 console.print(
                     f"[yellow]note:[/] {ck} is already calibration-adapted: no decoder adaptation "
                     "(give the trained checkpoint with --checkpoint to adapt it to this "
                     "calibration)"
                 )
-            elif ck is not None:
-                step_list.append("adapt")
         opts = CalibrationOptions(
             frames_per_pattern=frames, target_path=target, adapt_steps=adapt_steps, seed=seed
         )
-        if out is None and step_list != ["drift"]:
+        alone = len(step_list) == 1 and STEP_BY_NAME.get(step_list[0].strip().lower())
+        if out is None and not (alone and alone.alone_needs_bundle):  # a drift check writes none
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             out = Path("runs/calibration") / f"{rig.rig_id}-{stamp}"
         console.print(
@@ -177,6 +185,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             t.add_row("camera moved", f"{m['camera_shift_px']:.3f} px")
             t.add_row("defocus change", f"{m['defocus_change_rad']:+.4f} rad")
             t.add_row("gain change", f"{100 * m['gain_change_rel']:+.2f} %")
+            if m.get("lut_change_rms_rad"):
+                t.add_row("LUT change", f"{m['lut_change_rms_rad']:.4f} rad RMS")
             console.print(t)
             color = "red" if d.recalibrate else "green"
             console.print(f"[bold {color}]{d.summary()}[/]")
@@ -213,6 +223,22 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     f"{v['signal_rms_adu']:.1f}",
                 )
             console.print(r)
+        diag = data.get("diagnostics", {})
+        if diag:
+            bad = ", ".join(f"{k} {v:.1f}" for k, v in diag.get("disagreeing_probes", {}).items())
+            color = "yellow" if diag.get("model_error") or diag.get("undetermined") else "green"
+            console.print(
+                f"[{color}]fit: χ²/dof {diag.get('chi2_dof', float('nan')):.2f}"
+                + (
+                    " (model error: the bench does more than the model)"
+                    if diag.get("model_error")
+                    else ""
+                )
+                + f"; probes that disagree (χ²/pixel): {bad or 'none'}; not determined by the "
+                f"probes: {', '.join(diag.get('undetermined', [])) or 'none'}; LUT σ "
+                f"{diag.get('lut_sigma_rms_rad', float('nan')):.4f} rad RMS[/]",
+                highlight=False,
+            )
         console.print(
             f"[bold green]bundle:[/] {result.out_dir} ({data['n_patterns']} patterns, "
             f"{data['elapsed_s']} s); plots: {', '.join(data.get('plots', []))}"

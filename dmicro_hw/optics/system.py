@@ -20,10 +20,10 @@ from torch import nn
 
 from dmicro_hw.config import OpticsConfig, SensorConfig, SLMModelConfig
 from dmicro_hw.optics.aberrations import zernike_noll
-from dmicro_hw.optics.fields import intensity, polar, unit_phasor
+from dmicro_hw.optics.fields import intensity, polar
 from dmicro_hw.optics.fourier4f import apply_4f, phase_to_field, pupil_mask
 from dmicro_hw.optics.sensor import Sensor
-from dmicro_hw.optics.slm import PhaseResponse, SLMGeometry, SLMModel
+from dmicro_hw.optics.slm import PhaseResponse, SLMGeometry, SLMModel, sample_image
 
 ZERNIKE_TERMS = (4, 5, 6, 7, 8, 11)  # defocus, astigmatism ×2, coma ×2, spherical
 
@@ -135,7 +135,9 @@ class PhysicalSystem(nn.Module):
         )
         self.slm = SLMModel(optics, slm, geometry, response)
         self.sensor = Sensor(sensor, optics.binning)
-        self.zernike_terms = tuple(zernike_terms)
+        # every term the mismatch names is modelled (a calibration may fit more than the default)
+        extra = tuple(sorted(j for j in mm.zernike_rad if j not in tuple(zernike_terms)))
+        self.zernike_terms = tuple(zernike_terms) + extra
         self.zernike = _p([mm.zernike_rad.get(j, 0.0) for j in self.zernike_terms], trainable)
         self.register_buffer(
             "zernike_basis",
@@ -155,20 +157,48 @@ class PhysicalSystem(nn.Module):
         self.register_buffer("_yx", torch.stack([yy, xx], -1), persistent=False)
 
     # -- parts --------------------------------------------------------------------------------
-    def pupil_function(self) -> torch.Tensor:
-        """Pupil × aberration phase, centred complex64 (N, N)."""
+    # The illumination tilt t (cycles across the field) moves the sample's spectrum by t filter
+    # samples across the Fourier plane, i.e. across the objective's pupil and the SLM. It is
+    # modelled there: filter sample u (the spectrum's own coordinate) sees the pupil, the
+    # aberrations and the SLM at u + t. A phase ramp on the periodic N×N field instead would put
+    # a phase step at the field's wrap-around for a fractional t and leak the unscattered light
+    # over the whole spectrum — an artefact of the periodic simulation that no bench has (on the
+    # trained sim-rig model it cost 18–25 dB at 0.2–0.35 cycles before any adaptation).
+    def _shift(self, shift: torch.Tensor | None) -> torch.Tensor | None:
+        t = self.tilt_cycles if shift is None else self.tilt_cycles + shift
+        return None if not bool(torch.count_nonzero(t.detach())) else t
+
+    def pupil_function(self, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Pupil × aberration phase at the pupil coordinates the spectrum occupies (u + tilt
+        + ``shift``, filter samples), centred complex64 (N, N)."""
         w = torch.einsum("j,jhw->hw", self.zernike, self.zernike_basis)
-        return polar(self.pupil, w.to(torch.float32))
+        t = self._shift(shift)
+        if t is None:
+            return polar(self.pupil, w.to(torch.float32))
+        n = self.optics.field_size
+        q = self._yx + t  # pupil coordinates relative to its centre
+        pupil = (torch.hypot(q[..., 0], q[..., 1]) <= self.optics.pupil_radius * n / 2).float()
+        w = sample_image(w.to(torch.float32), q + n // 2)
+        return polar(pupil, w.to(torch.float32))
+
+    def sample_slm(self, reflectance: torch.Tensor, shift: torch.Tensor | None = None):
+        """The filter (N, N) complex64 an SLM reflectance (R, C) realises at the spectrum's
+        coordinates (u + tilt + ``shift`` on the SLM placement; m×m sub-samples averaged)."""
+        slm = self.slm
+        t = self._shift(shift)
+        ij = slm._sub_ij if t is None else slm._sub_ij + t
+        vals = sample_image(reflectance, slm.geometry.filter_to_slm(ij))
+        return vals.mean(dim=(-2, -1)).to(torch.complex64)
 
     def realised_filter(self, grey: torch.Tensor) -> torch.Tensor:
-        """Complex filter the bench applies for displayed grey levels (R, C): centred (N, N)."""
-        return self.slm(grey) * self.pupil_function()
+        """Complex filter the bench applies for displayed grey levels (R, C): centred (N, N),
+        on the spectrum's coordinates (see the tilt note above)."""
+        return self.sample_slm(self.slm.reflectance(grey)) * self.pupil_function()
 
     def illuminate(self, phase: torch.Tensor) -> torch.Tensor:
-        """Sample field under tilted plane-wave illumination (B, N, N) complex64."""
-        n = self.optics.field_size
-        ramp = 2 * math.pi * (self._yx @ self.tilt_cycles) / n
-        return phase_to_field(phase) * unit_phasor(ramp).to(torch.complex64)
+        """Sample field (B, N, N) complex64; the illumination tilt acts in the Fourier plane
+        (:meth:`realised_filter`), so the field itself is the sample's transmission."""
+        return phase_to_field(phase)
 
     def register_camera(self, intensity: torch.Tensor) -> torch.Tensor:
         """Resample the image-plane intensity (B, N, N) onto the camera grid (shift/rot/scale)."""
