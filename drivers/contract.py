@@ -3,7 +3,7 @@
 The shape of python-microscope's ``testsuite/test_devices.py``: one list of checks per device
 kind, each a function taking ``make`` — a factory that builds a fresh, *unopened* device — and
 raising :class:`ContractError` (an AssertionError) naming what the backend got wrong.
-``tests/test_device_contract.py`` runs every check against every backend available
+``tests/drivers/test_device_contract.py`` runs every check against every backend available
 (sim, replay, viky.cti, a screen SLM on Xvfb, the serial trigger on a pty) and against a real
 rig when ``DMICRO_HW_RIG`` is set; a lab can run them against its own backend::
 

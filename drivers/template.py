@@ -5,7 +5,7 @@ mapping, settle time, safe close, context manager) live in the base classes ever
 inherits too (:class:`~dmicro_hw.drivers.camera_base.CameraBase`,
 :class:`~dmicro_hw.drivers.slm_base.SLMBase`); this template adds frame-id/drop counting from a raw
 ``(data, frame id, timestamp)`` read. A vendor backend only talks to its SDK in the hooks marked
-``VENDOR``. Nothing in dmicro-hw needs to change. ``tests/test_device_contract.py``
+``VENDOR``. Nothing in dmicro-hw needs to change. ``tests/drivers/test_device_contract.py``
 (the contract every backend must meet, :mod:`dmicro_hw.drivers.contract`) can be run against
 yours.
 

@@ -9,7 +9,7 @@ camera timeout), decoding live. After every run:
 * memory and threads stay flat: RSS and thread count after the warm-up runs may not grow.
 
 Usage: ``python scripts/soak.py --seconds 600`` (``scripts/soak.sh``); CI runs ~25 s of it
-(``tests/test_soak.py``). Prints one line per run and a JSON summary; exit 1 on any violation.
+(``tests/e2e/test_soak.py``). Prints one line per run and a JSON summary; exit 1 on any violation.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak the simulated rig (not in CI; CI runs ~20 s of it in tests/test_soak.py):
+# Soak the simulated rig (not in CI; CI runs ~20 s of it in tests/e2e/test_soak.py):
 #   scripts/soak.sh              # 10 min, 5 s runs with random faults, summary in runs/soak.json
 #   SECONDS_TOTAL=3600 scripts/soak.sh
 # Exit 1 when a delivered frame was lost, a store is damaged, or memory/threads grew.

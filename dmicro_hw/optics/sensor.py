@@ -18,7 +18,7 @@ response (gain, offset, extra read noise) and apply the same steps in the same o
     mean e⁻ → Poisson shot noise → + read noise → full well → ·gain + offset → round
       → ADC rails → + extra read noise → ·camera gain + camera offset → ADC rails
 
-tests/test_optics_noise_chain.py checks that their means and variances agree with noise on.
+tests/optics/test_optics_noise_chain.py checks that their means and variances agree with noise on.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_acquisition_cli import assets, env, rig_for  # noqa: F401 - the shared fixture
 
 from dmicro_hw.acquisition.offline import reconstruct_store, reconstructor_for_run
 from dmicro_hw.acquisition.store import RECON_OK, RunReader
+from tests.acquisition.test_acquisition_cli import assets, env, rig_for  # noqa: F401 - the shared fixture
 
 N = 96  # 12 chunks of 8 frames
 

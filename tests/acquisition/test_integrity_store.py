@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_acquisition_cli import acquire_cmd, assets, env, rig_for  # noqa: F401 - fixture
 
 from dmicro_hw.acquisition.integrity import chunk_path
 from dmicro_hw.acquisition.store import RECON_DAMAGED, RECON_ERROR, RECON_OK, RunReader
 from dmicro_hw.errors import DataError
+from tests.acquisition.test_acquisition_cli import acquire_cmd, assets, env, rig_for  # noqa: F401 - fixture
 
 CHUNK = 8  # chunk_frames of the test rig
 

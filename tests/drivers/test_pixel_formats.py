@@ -10,7 +10,7 @@ import numpy as np
 from dmicro_hw.acquisition.pipeline import frame_dtype, pixel_format_bits
 from dmicro_hw.drivers.pixel_formats import PIXEL_FORMATS, UNPACKED_FORMATS, format_bits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_table_bits_and_dtypes() -> None:

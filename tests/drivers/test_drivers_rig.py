@@ -1,6 +1,6 @@
 """Hardware-in-the-loop checks of a real rig: skipped unless ``DMICRO_HW_RIG=path/to/rig.yaml``.
 
-    DMICRO_HW_RIG=configs/my-bench.yaml pytest tests/test_drivers_rig.py -v
+    DMICRO_HW_RIG=configs/my-bench.yaml pytest tests/drivers/test_drivers_rig.py -v
 
 Each configured device is opened through the registry exactly as ``dmicro-acquire`` opens it and
 exercised briefly; every device is left in its safe state (SLM blank, camera stopped, trigger

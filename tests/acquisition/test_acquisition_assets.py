@@ -114,7 +114,7 @@ def test_shipped_sim_rig_assets_belong_together():
     from dmicro_hw.config import load_rig_config
     from dmicro_hw.training.checkpoint import build_model_from_checkpoint, checkpoint_config
 
-    cfg = Path(__file__).resolve().parents[1] / "configs" / "sim-rig.yaml"
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "sim-rig.yaml"
     rig = load_rig_config(cfg)
     assert rig.checkpoint is not None and Path(rig.checkpoint).is_file()
     a = load_assets(rig)

@@ -126,7 +126,7 @@ def test_eval_bad_input_one_line(assets, tmp_path, kind, message):
 def test_shipped_paper_model_scores_as_the_readme_says_on_a_fresh_seed(tmp_path):
     """configs/assets/paper-x64.pt (256², ×64, noise on) on cells of a seed it never saw: the
     README gives SSIM 0.923 / PSNR 32.83 dB (n 24, seed 0); measured on seed 101: 0.916 / 33.09."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     data = tmp_path / "cells.yaml"
     data.write_text("data: {kind: synthetic, family: cells, n_test: 16, seed: 2027}\n")
     r = run("eval", str(repo / "configs/assets/paper-x64.pt"), "--data", str(data),

@@ -165,7 +165,7 @@ def test_devices_check_reports_and_fails_with_exit_code(tmp_path: Path) -> None:
 def test_rig_example_without_its_hardware_fails_each_device_by_name() -> None:
     """configs/rig-example.yaml on a machine without that bench: one FAIL row per device,
     each naming the config key and what is missing, exit 3 (no traceback)."""
-    example = Path(__file__).resolve().parents[1] / "configs" / "rig-example.yaml"
+    example = Path(__file__).resolve().parents[2] / "configs" / "rig-example.yaml"
     proc = run_cli("devices", "check", "--config", str(example))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     out = " ".join(proc.stdout.split())

@@ -11,7 +11,7 @@ import yaml
 from dmicro_hw.acquisition.store import RECON_OK, RunReader
 from dmicro_hw.cli import _run, acquire_main, app  # noqa: F401 - the entry points under test
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_quick_path_train_export_acquire(tmp_path):

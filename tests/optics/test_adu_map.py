@@ -10,7 +10,7 @@ import torch
 from dmicro_hw.config import SensorConfig
 from dmicro_hw.optics.sensor import ADUMap, Sensor, bin_frames
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_map_inverts_the_sensor_and_the_camera_response() -> None:

@@ -21,7 +21,7 @@ from dmicro_hw.data.beads import generate_beads, peak_phase_rad, sphere_phase
 from dmicro_hw.errors import ConfigError
 from dmicro_hw.evaluation.beads import detect_beads, fit_beads, summarize_fits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAM, PX = 632.8e-9, 316.4e-9  # the sim rig's wavelength and object-plane pixel
 N_MED, N_BEAD = 1.555, 1.59
 

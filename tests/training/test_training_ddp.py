@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from test_training_trainer import TINY
 
 from dmicro_hw.config import TrainConfig
 from dmicro_hw.training.trainer import Trainer
+from tests.training.test_training_trainer import TINY
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):

@@ -406,7 +406,7 @@ def test_readme_main_command_runs_the_shipped_calibrated_sim_rig(tmp_path):
     quality the training reached (seeded bench, mixture-trained model: 28.4 dB / SSIM 0.82 over
     these 48 frames, 31.6 dB over the README's 200 — the cells in view vary; without the
     calibration ≈ 16 dB)."""
-    config = Path(__file__).resolve().parents[1] / "configs" / "sim-rig.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs" / "sim-rig.yaml"
     out = tmp_path / "run"
     proc = subprocess.run(
         acquire_cmd("--config", str(config), "--frames", "48", "--out", str(out)),

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_acquisition_cli import acquire_cmd, assets, env, rig_for  # noqa: F401 - fixture
 
 from dmicro_hw import config as cfgmod
 from dmicro_hw.acquisition.store import RunReader
 from dmicro_hw.errors import CheckpointError, ConfigError, DeviceError
+from tests.acquisition.test_acquisition_cli import acquire_cmd, assets, env, rig_for  # noqa: F401 - fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RIG = "configs/sim-rig.yaml"
 
 

@@ -35,7 +35,7 @@ from dmicro_hw.simulators.bench import VirtualBench, bench_of
 from dmicro_hw.simulators.sim_camera import SimCamera
 from dmicro_hw.simulators.sim_slm import SimSLM, radians_to_grey
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLM_PX = 160
 
 

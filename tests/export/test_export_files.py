@@ -249,7 +249,7 @@ def test_bench_export_on_a_hardware_aware_checkpoint(tmp_path, monkeypatch):
     float filter it never saw alone."""
     from dmicro_hw.cli import _run, app
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(tmp_path)
     argv = ["bench", "export", "--checkpoint", str(root / "configs" / "assets" / "sim-rig.pt"),
             "-c", str(root / "configs" / "sim-rig.yaml"), "--bits", "8", "--modes", "phase",

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_calibration_sequence import small_rig_yaml
 
 from dmicro_hw.calibration import scoring as S
 from dmicro_hw.calibration.bundle import load_bundle
@@ -21,6 +20,7 @@ from dmicro_hw.config import REALISM_EFFECTS, RigConfig, load_rig_config
 from dmicro_hw.evaluation.calibration_bench import reveal_truth
 from dmicro_hw.rig import open_rig
 from dmicro_hw.simulators.bench import VirtualBench, reveal_realism_for_scoring
+from tests.calibration.test_calibration_sequence import small_rig_yaml
 
 SEED = 24  # never used while tuning the calibration
 
@@ -144,7 +144,7 @@ def test_bench_calibration_tables_are_whole_when_piped():
 def test_calibration_reaches_the_twin_only_through_the_seam():
     import ast
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = list((root / "calibration").glob("*.py"))
     files += [root / "dmicro_hw/commands/bench_calibration.py"]
     files += [root / "dmicro_hw/commands/calibrate.py"]

@@ -26,7 +26,7 @@ from dmicro_hw.errors import CheckpointError, ConfigError
 from dmicro_hw.rig import open_rig
 from dmicro_hw.simulators.bench import VirtualBench, reveal_mismatch_for_scoring
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEST_SEEDS = (21, 22)  # never used while tuning the calibration
 
 

@@ -218,7 +218,7 @@ def test_pattern_npy_bytes_never_crash(pattern_dir, npy):
             pass
 
 
-BUNDLE = Path(__file__).resolve().parents[1] / "configs" / "assets" / "sim-rig-calibration"
+BUNDLE = Path(__file__).resolve().parents[2] / "configs" / "assets" / "sim-rig-calibration"
 
 
 @FUZZ

@@ -111,7 +111,7 @@ def test_ring_property_order_and_accounting(ops):
 
 
 def _records(ids):
-    from conftest import frame_records  # tests/conftest.py: the shared per-frame records
+    from tests.conftest import frame_records  # tests/conftest.py: the shared per-frame records
 
     return frame_records(ids)
 
