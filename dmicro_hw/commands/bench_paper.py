@@ -17,9 +17,18 @@ from dmicro_hw.safe_io import make_output_dir, write_bytes_safely, write_text_sa
 RUNS_DIR = "runs"  # one .npz per finished (method, ratio): the row and the example's recon
 
 
+def runs_folder(out: Path) -> Path:
+    """``out/runs``, refused (ConfigError) when it is a symlink: runs are neither written nor
+    read through a link the bench did not make."""
+    folder = out / RUNS_DIR
+    if folder.is_symlink():
+        raise ConfigError(f"{folder} is a symlink; refusing to write or read runs through it")
+    return folder
+
+
 def save_finished_run(out: Path, settings: dict, row: dict, recon: np.ndarray) -> None:
     """Keep one finished run on disk as soon as it ends (an interrupted bench loses nothing)."""
-    folder = out / RUNS_DIR
+    folder = runs_folder(out)
     folder.mkdir(exist_ok=True)
     buf = io.BytesIO()
     meta = json.dumps({"settings": settings, "row": row})
@@ -30,9 +39,9 @@ def save_finished_run(out: Path, settings: dict, row: dict, recon: np.ndarray) -
 def load_finished_runs(out: Path, settings: dict) -> dict[tuple[str, int], tuple[dict, Any]]:
     """The runs :func:`save_finished_run` kept in ``out`` for the same settings
     (ConfigError naming the file when one is unreadable or was made with other settings)."""
-    folder = out / RUNS_DIR
+    folder = runs_folder(out)
     done: dict[tuple[str, int], tuple[dict, Any]] = {}
-    if not folder.is_dir() or folder.is_symlink():
+    if not folder.is_dir():
         return done
     for f in sorted(folder.glob("*.npz")):
         if f.is_symlink():

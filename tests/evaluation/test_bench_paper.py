@@ -104,6 +104,19 @@ def test_resume_keeps_finished_runs_and_refuses_foreign_ones(tmp_path):
     r = _cli(*[a if a != "8" else "16" for a in args], cwd=tmp_path)  # other --n-train
     assert r.returncode != 0 and "plain-x256.npz was made with" in r.stdout + r.stderr
 
+    from dmicro_hw.commands.bench_paper import load_finished_runs
+    from dmicro_hw.errors import ConfigError
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "runs").mkdir(parents=True)
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "runs").symlink_to(elsewhere / "runs")
+    with pytest.raises(ConfigError, match="is a symlink"):
+        load_finished_runs(tmp_path / "linked", settings)
+    with pytest.raises(ConfigError, match="is a symlink"):
+        save_finished_run(tmp_path / "linked", settings, row, np.zeros((4, 4), np.float32))
+    assert not list((elsewhere / "runs").iterdir())
+
     (out / "runs" / "plain-x256.npz").write_bytes(b"not a zip")
     r = _cli(*args, cwd=tmp_path)
     assert r.returncode != 0
