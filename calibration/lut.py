@@ -18,6 +18,16 @@ isotonic regression of the points (scipy.optimize.isotonic_regression) interpola
 shape-preserving PCHIP. The table has one phase per grey level (relative to grey 0: a global
 phase does not change images) and a 1-σ band per level. The export inverts it (``lut.npy`` in
 the bundle).
+
+Across the pupil: the DC disc reads the response of the few SLM pixels the unscattered light
+falls on, and a real SLM's pixels do not all respond alike (liquid-crystal thickness, backplane
+voltage). The pupil outside the DC is therefore split into zones — two annuli (3–12 and 12 filter
+samples to the pupil edge) of ``ZONES`` sectors each — each shown alone at three grey levels
+(phases ≈ 0.3, 0.55, 0.8 of the range by the DC curve); each zone's levels, read through the
+same model, give its response relative to the DC curve (:func:`zone_response`). The exported
+table is the DC curve × the zones' area-weighted mean (what the mask over the whole pupil sees);
+the zones' scatter joins the table's σ (:attr:`ZoneResponse.uncertainty`) and is reported as the
+SLM's spatial non-uniformity (no single table corrects it).
 """
 
 from __future__ import annotations
@@ -59,6 +69,143 @@ def lut_probes(
         Probe(f"lut_g{g:05d}", "lut", P.disc(shape, dc, radius_px, int(g)), {"grey": int(g)})
         for g in levels
     ]
+
+
+ZONES = 4
+ZONE_PHASE_FRACTIONS = (0.3, 0.55, 0.8)
+
+
+def zone_greys(
+    table: np.ndarray, phase_range_rad: float, fractions: Sequence[float] = ZONE_PHASE_FRACTIONS
+) -> list[int]:
+    """Grey levels whose phase on ``table`` (relative to grey 0) is nearest each fraction of the
+    range (distinct, ascending)."""
+    t = np.asarray(table, dtype=np.float64) - float(table[0])
+    return sorted({int(np.argmin(np.abs(t - f * phase_range_rad))) for f in fractions} - {0})
+
+
+def zone_probes(
+    shape: tuple[int, int],
+    dc: tuple[float, float],
+    radii_px: Sequence[float],
+    greys: Sequence[int],
+    sectors: int = ZONES,
+) -> list[Probe]:
+    """Zones of the pupil outside the DC: each annulus between consecutive ``radii_px`` (SLM
+    px from the DC) split into ``sectors`` sectors centred on 0°, 90°, …; each zone shown at
+    every grey of ``greys`` on a grey-0 background (meta: grey, zone, its SLM pixel count)."""
+    width = TWO_PI / sectors
+    out = []
+    for b, (r0, r1) in enumerate(zip(radii_px[:-1], radii_px[1:])):
+        for q in range(sectors):
+            mask = P.sector(shape, dc, r0, r1, q * width, width, 1)
+            zone, px = b * sectors + q, int(mask.sum())
+            out += [
+                Probe(
+                    f"lutzone{zone:02d}_g{int(g):05d}",
+                    "lut_zone",
+                    mask * np.uint16(g),
+                    {"grey": int(g), "zone": zone, "pixels": px},
+                )
+                for g in greys
+            ]
+    return out
+
+
+@dataclass
+class ZoneResponse:
+    """Phase response of pupil zones relative to the DC curve (see the module docstring).
+
+    ``scales``/``sigmas``: per zone, φ_zone(g) = scale·φ_DC(g) (1-σ); ``mean``: their mean
+    weighted by zone area; ``sem``: its standard error (zone-to-zone scatter and the zones' own
+    σ); ``spread``: zone-to-zone standard deviation — the SLM's spatial non-uniformity plus
+    whatever the model does not explain in one zone's frames.
+    """
+
+    scales: list[float]
+    sigmas: list[float]
+    mean: float
+    sem: float
+    spread: float
+
+    @property
+    def uncertainty(self) -> float:
+        """Relative 1-σ of one table for the whole pupil: hypot(spread, sem).
+
+        Not only the standard error: on the sim rig's moderate bench the zones' readings
+        scatter about the true per-zone response by about their own spread (unmodelled
+        aberrations and source size bias one zone's frames), so the mean is not better known
+        than one zone — seed 9: DC curve 0.9 % low, zones' mean 0.04 % from the DC, spread
+        0.8 %. The spread also bounds how far any part of the pupil is from the table.
+        """
+        return math.hypot(self.spread, self.sem)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ZoneResponse | None:
+        """From :meth:`to_dict` (a bundle's ``lut.zones``); None when absent or not finite."""
+        if not d:
+            return None
+        try:
+            z = cls(
+                [float(x) for x in d["scales"]],
+                [float(x) for x in d["sigmas"]],
+                float(d["mean_scale"]),
+                float(d["mean_scale_sigma"]),
+                float(d["spread"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        ok = all(math.isfinite(x) for x in (z.mean, z.sem, z.spread)) and z.mean > 0
+        return z if ok else None
+
+    def to_dict(self) -> dict:
+        return {
+            "scales": self.scales,
+            "sigmas": self.sigmas,
+            "mean_scale": self.mean,
+            "mean_scale_sigma": self.sem,
+            "spread": self.spread,
+            "uncertainty_rel": self.uncertainty,
+            "dc_vs_zones_rel": 1.0 / self.mean - 1.0,
+        }
+
+
+def zone_response(
+    obs: Sequence[Observation], levels: Sequence[LevelPhase], table: np.ndarray
+) -> ZoneResponse | None:
+    """Each zone's scale relative to ``table`` (the DC curve) from its measured levels.
+
+    A level's phase is unwrapped to the branch nearest the table's; the scale is the weighted
+    least-squares ratio, its σ inflated by the zone's χ²/dof when above 1. None when fewer than
+    two zones were measured.
+    """
+    t = np.asarray(table, dtype=np.float64) - float(table[0])
+    by_zone: dict[int, list[tuple[float, float, float]]] = {}
+    area: dict[int, float] = {}
+    for o, lv in zip(obs, levels):
+        ref = float(t[lv.grey])
+        phi = ref + float(np.angle(np.exp(1j * (lv.phase_rad - ref))))
+        by_zone.setdefault(int(o.meta["zone"]), []).append((ref, phi, lv.sigma_rad))
+        area[int(o.meta["zone"])] = float(o.meta.get("pixels", 1.0))
+    scales, sigmas = [], []
+    for q in sorted(by_zone):
+        ref, phi, sig = (np.array(x) for x in zip(*by_zone[q]))
+        w = 1.0 / np.maximum(sig, 1e-6) ** 2
+        den = float(np.sum(w * ref**2))
+        s = float(np.sum(w * ref * phi) / den)
+        chi2 = float(np.sum(w * (phi - s * ref) ** 2)) / max(len(ref) - 1, 1)
+        scales.append(s)
+        sigmas.append(math.sqrt(max(1.0, chi2) / den))
+    if len(scales) < 2:
+        return None
+    sc, sg = np.array(scales), np.array(sigmas)
+    w = np.array([area[q] for q in sorted(by_zone)])
+    w = w / w.sum()
+    mean = float(np.sum(w * sc))
+    spread = float(np.sqrt(np.sum(w * (sc - mean) ** 2) * len(sc) / (len(sc) - 1)))
+    n_eff = 1.0 / float(np.sum(w**2))  # Kish's effective number of zones
+    sem = math.hypot(spread / math.sqrt(n_eff), float(np.sqrt(np.sum((w * sg) ** 2))))
+    return ZoneResponse(scales, sigmas, mean, sem, spread)
 
 
 @dataclass

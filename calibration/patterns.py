@@ -70,6 +70,25 @@ def disc(
     return np.where(inside, grey, back).astype(np.uint16)
 
 
+def sector(
+    shape: tuple[int, int],
+    centre: tuple[float, float],
+    inner_px: float,
+    outer_px: float,
+    angle_rad: float,
+    width_rad: float,
+    grey: int,
+) -> np.ndarray:
+    """Annular sector of ``grey`` on grey 0: radii in [``inner_px``, ``outer_px``) SLM px about
+    ``centre`` (dy, dx), angles within ±``width_rad``/2 of ``angle_rad``."""
+    r, c = slm_coords(shape)
+    dy, dx = r - centre[0], c - centre[1]
+    rad = np.hypot(dy, dx)
+    off = np.angle(np.exp(1j * (np.arctan2(dy, dx) - angle_rad)))
+    inside = (rad >= inner_px) & (rad < outer_px) & (np.abs(off) <= width_rad / 2)
+    return np.where(inside, grey, 0).astype(np.uint16)
+
+
 def lens(
     shape: tuple[int, int],
     phase_at_radius: float,

@@ -337,6 +337,7 @@ class CalibrationRun:
         self.noise: NoiseModel | None = None
         self.results: dict[str, dict[str, Any]] = {}
         self.lut_fit: L.LUTFit | None = None
+        self.zones: L.ZoneResponse | None = None  # pupil zones vs the DC curve (refine_lut)
         self.joint: FitResult | None = None
         self.summaries: dict[str, str] = {}
         self.dc: tuple[float, float] | None = None
@@ -344,6 +345,10 @@ class CalibrationRun:
         self.flat: tuple[np.ndarray, ...] | None = None  # gain, dark, hot, envelope
         if previous is not None:
             self.dc = R.offset_to_dc(self.system)
+            self.zones = L.ZoneResponse.from_dict((previous.data.get("lut") or {}).get("zones"))
+            if self.zones is not None:  # the model holds the DC probes' scale (see mismatch())
+                s = get_params(self.system, ["lut_scale"])["lut_scale"]
+                set_params(self.system, {"lut_scale": s / self.zones.mean})
 
     # ---------------------------------------------------------------- helpers
     def capture(self, probes: Sequence[R.Probe]) -> list[Observation]:
@@ -423,7 +428,10 @@ class CalibrationRun:
     def lut(self) -> None:
         assert self.dc is not None
         probes = L.lut_probes(self.shape, self.dc, 1.5 * self.ratio, self.bits, self.opt.lut_levels)
-        self.rep.step("lut", 2 * len(probes), f"phase response at {len(probes)} grey levels")
+        n_zone = 2 * L.ZONES * len(L.ZONE_PHASE_FRACTIONS)
+        self.rep.step(
+            "lut", 2 * len(probes) + n_zone, f"phase response at {len(probes)} grey levels"
+        )
         obs = self.capture(probes)
         self.update_noise()
         resp = self.system.slm.response
@@ -437,6 +445,13 @@ class CalibrationRun:
         lf = self.lut_fit
         set_params(self.system, {"lut_gamma": lf.gamma, "lut_scale": lf.scale})
         self.results["lut"] = lf.to_dict()
+        # the pupil's zones, read after the joint fit (refine_lut) through the refined model
+        greys = L.zone_greys(lf.table, self.rig.slm.phase_range_rad)
+        pupil = self.rig.optics.field_size / 2 * self.rig.optics.pupil_radius
+        radii = [r * self.ratio for r in (3.0, min(12.0, pupil / 2), pupil)]
+        zprobes = L.zone_probes(self.shape, self.dc, radii, greys)
+        self.rep.note(f"pupil zones: {len(zprobes)} probes at grey {', '.join(map(str, greys))}")
+        self.capture(zprobes)
         self.summaries["lut"] = (
             f"{lf.method}: γ {lf.gamma:.4f}, scale {lf.scale:.4f}, "
             f"σ_rms {np.sqrt(np.mean(lf.table_sigma**2)):.4f} rad, χ²/dof {lf.chi2_dof:.2f}"
@@ -541,6 +556,16 @@ class CalibrationRun:
                 first.table, self.lut_fit.table
             )
             self.results["lut"]["first_pass_method"] = first.method
+        zone_obs = sorted(
+            (x for x in self.obs.values() if x.kind == "lut_zone"), key=lambda x: x.pattern_id
+        )
+        if zone_obs:
+            table = self.lut_fit.table - self.lut_fit.table[0]
+            start = [float(table[int(o.meta["grey"])]) for o in zone_obs]
+            zl = L.measure_level_phases(self.system, self.targets, zone_obs, start=start)
+            self.zones = L.zone_response(zone_obs, zl, self.lut_fit.table)
+            if self.zones is not None:
+                self.results["lut"]["zones"] = self.zones.to_dict()
 
     # ---------------------------------------------------------------- 4. flat field
     def _rebuild(self, zernike: dict[int, float], illum: np.ndarray | None) -> None:
@@ -638,7 +663,9 @@ class CalibrationRun:
 
         Its 1-σ per grey level is the curve's own σ combined (in quadrature) with its
         difference from the joint fit's power law — two estimates of the same response from
-        different frames; where they disagree, neither is known better than that.
+        different frames; where they disagree, neither is known better than that. With the
+        pupil zones measured, the curve is scaled to their mean response, and the zones' scatter
+        joins the σ (:attr:`ZoneResponse.uncertainty <dmicro_hw.calibration.lut.ZoneResponse>`).
         """
         rng = self.rig.slm.phase_range_rad
         j = self.joint
@@ -649,6 +676,10 @@ class CalibrationRun:
                 joint = L.parametric_table(gm["lut_gamma"], gm["lut_scale"], self.bits, rng)
                 diff = (joint - joint[0]) - (table - table[0])
                 sig = np.hypot(sig, diff)
+            if self.zones is not None:  # the DC curve → the pupil's mean response
+                rel, z = table - table[0], self.zones
+                table = table[0] + rel * z.mean
+                sig = np.hypot(sig * z.mean, rel * z.uncertainty)
             return table, sig, self.lut_fit.method
         table = L.parametric_table(gm["lut_gamma"], gm["lut_scale"], self.bits, rng)
         if j is not None and "lut_gamma" in j.names:
@@ -741,11 +772,18 @@ class CalibrationRun:
             und.append("LUT")
         if self.lut_fit is not None:
             out["lut_levels_chi2_dof"] = self.lut_fit.chi2_dof
+        if self.zones is not None:  # what no single table corrects: report, never hide
+            out["slm_zone_spread_rel"] = self.zones.spread
+            out["lut_dc_vs_pupil_rel"] = 1.0 / self.zones.mean - 1.0
         out["undetermined"] = und
         return out
 
     def mismatch(self) -> Mismatch:
+        """The fitted mismatch; its LUT scale is the pupil zones' mean response when measured
+        (the model's DC-probe value × the zones' mean, as the exported table)."""
         m = self.system.mismatch()
+        if self.zones is not None:
+            m.lut_scale *= self.zones.mean
         if self.noise is not None:
             m.extra_read_noise_e = extra_read_noise(self.noise, self.rig, m.camera_gain)
         return m
@@ -782,7 +820,12 @@ class CalibrationRun:
             },
             "mismatch": self.mismatch().to_dict(),
             "parameters": params,
-            "lut": None if self.lut_fit is None else self.lut_fit.to_dict(),
+            "lut": None
+            if self.lut_fit is None
+            else {
+                **self.lut_fit.to_dict(),
+                "zones": None if self.zones is None else self.zones.to_dict(),
+            },
             "noise": None if self.noise is None else self.noise.to_dict(),
             "fits": self.results,
             "summaries": self.summaries,

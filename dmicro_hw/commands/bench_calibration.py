@@ -7,8 +7,10 @@ the rig seam (``dmicro calibrate``'s sequence, the hidden values never read); th
 :mod:`dmicro_hw.evaluation.calibration_bench` reads the truth and reports recovery errors (SLM
 offset, rotation, LUT RMS, defocus …), the fit's χ²/dof and what it flags, and the
 reconstruction PSNR on held-out cells before calibration, with the calibrated export only and
-after adaptation, against two references on a bench without mismatch at the same level (the
-trained model; the same bench calibrated and adapted the same way) — tables and a JSON file.
+after adaptation, against two references on the same bench without its mismatch (the trained
+model; that bench calibrated and adapted the same way). Above realism ``none`` each seed's
+bench has its own draw of unmodelled effects, so each seed gets its own references (the same
+draw, no mismatch); at ``none`` one no-mismatch bench serves every seed. Tables and a JSON file.
 """
 
 from __future__ import annotations
@@ -139,18 +141,21 @@ def _recovery_table(level: str, rows: list[dict]):
     return t
 
 
-def _psnr_table(level: str, rows: list[dict], refs: dict):
+def _psnr_table(level: str, rows: list[dict]):
+    """PSNR before / export only / after, and the references of each row's bench without the
+    mismatch (the trained model; calibrated and adapted the same way = the fair reference)."""
     from rich.table import Table
 
     t = Table(title=f"realism {level}: PSNR on held-out cells (dB)")
     cols = ["seed", "before", "export only", "after", "ref trained", "after − ref trained"]
-    if refs.get("adapted") is not None:
+    fair = any(r["references"]["adapted"] is not None for r in rows)
+    if fair:
         cols += ["ref fair", "after − ref fair"]
     for c in cols:
         t.add_column(c, justify="right")
-    tr = refs["trained"]["psnr_db"]
     for r in rows:
         a = r["psnr_after"]["psnr_db"]
+        tr = r["references"]["trained"]["psnr_db"]
         cells = [
             str(r["seed"]),
             f"{r['psnr_before']['psnr_db']:.2f}",
@@ -159,9 +164,13 @@ def _psnr_table(level: str, rows: list[dict], refs: dict):
             f"{tr:.2f}",
             f"{a - tr:+.2f}",
         ]
-        if refs.get("adapted") is not None:
-            fair = refs["adapted"]["psnr_db"]
-            cells += [f"{fair:.2f}", f"{a - fair:+.2f}"]
+        if fair:
+            ref = r["references"]["adapted"]
+            cells += (
+                ["—", "—"]
+                if ref is None
+                else [f"{ref['psnr_db']:.2f}", f"{a - ref['psnr_db']:+.2f}"]
+            )
         t.add_row(*cells)
     return t
 
@@ -258,9 +267,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "frames_per_pattern": frames,
             "adapt_steps": adapt_steps,
             "psnr_references": {
-                "trained": "no-mismatch bench (same realism level), trained model",
-                "adapted": "no-mismatch bench (same realism level), calibrated and adapted the "
-                "same way (the fair reference)",
+                "trained": "the seed's bench without its mismatch (same realism level and, "
+                "above none, the same draw of unmodelled effects), trained model",
+                "adapted": "the same bench without mismatch, calibrated and adapted the same "
+                "way (the fair reference); one per seed above realism none",
             },
             "levels": levels,
         }
@@ -270,34 +280,44 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             text = json.dumps(summary, indent=2, default=_json_default) + "\n"
             write_text_safely(path, text)
 
+        def references(rig_l, label: str, bdir: Path) -> dict[str, dict | None]:
+            """PSNR of the trained model and of the fair reference (calibrated + adapted the
+            same way) on ``rig_l``'s bench with the mismatch removed."""
+            refs: dict[str, dict | None] = {"trained": None, "adapted": None}
+            if held is None:
+                return refs
+            refs["trained"] = E.reconstruction_quality(
+                rig_l, ck, held, None, mismatch_enabled=False
+            )
+            if adapt:
+                rig_nm = rig_l.model_copy(deep=True)
+                rig_nm.bench.mismatch.enabled = False
+                calibrate(rig_nm, bdir, f"{label}: no-mismatch bench")
+                refs["adapted"] = E.reconstruction_quality(
+                    rig_nm, bdir / ADAPTED_CHECKPOINT, held, bdir, mismatch_enabled=False
+                )
+            console.print(
+                f"{label}: no-mismatch bench PSNR trained {refs['trained']['psnr_db']:.2f} dB"
+                + (
+                    f", calibrated + adapted {refs['adapted']['psnr_db']:.2f} dB"
+                    if refs["adapted"]
+                    else ""
+                )
+            )
+            return refs
+
         for level in level_list:
             rig_l = rig0.model_copy(deep=True)
             rig_l.bench.realism.level = level
-            refs: dict[str, dict | None] = {"trained": None, "adapted": None}
-            if held is not None:
-                refs["trained"] = E.reconstruction_quality(
-                    rig_l, ck, held, None, mismatch_enabled=False
-                )
-                if adapt:
-                    # the fair reference: a bench without mismatch (same realism level),
-                    # calibrated and adapted the same way — its decoder gets the same extra
-                    # fine-tuning as the seeds' ones
-                    rig_nm = rig_l.model_copy(deep=True)
-                    rig_nm.bench.mismatch.enabled = False
-                    bdir = out / level / "no-mismatch"
-                    calibrate(rig_nm, bdir, f"{level}: no-mismatch bench")
-                    refs["adapted"] = E.reconstruction_quality(
-                        rig_nm, bdir / ADAPTED_CHECKPOINT, held, bdir, mismatch_enabled=False
-                    )
-                console.print(
-                    f"realism {level}: no-mismatch bench PSNR trained "
-                    f"{refs['trained']['psnr_db']:.2f} dB"
-                    + (
-                        f", calibrated + adapted {refs['adapted']['psnr_db']:.2f} dB"
-                        if refs["adapted"]
-                        else ""
-                    )
-                )
+            # the fair reference is the same bench without the mismatch: at `none` one bench
+            # serves every seed; with unmodelled effects each seed's bench has its own draw of
+            # them (realism.seed = the seed), so each seed gets its own reference
+            shared = level == "none"
+            refs = (
+                references(rig_l, f"realism {level}", out / level / "no-mismatch")
+                if shared
+                else None
+            )
             rows: list[dict] = []
             levels[level] = {"rows": rows, "references": refs}
             for seed in seed_list:
@@ -305,12 +325,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 rig.bench.mismatch.seed = seed
                 rig.bench.mismatch.enabled = True
                 bdir = out / level / f"seed-{seed}"
+                if not shared:
+                    rig_ref = rig_l.model_copy(deep=True)
+                    rig_ref.bench.realism.seed = seed
+                    row_refs = references(
+                        rig_ref, f"{level} seed {seed}", out / level / f"no-mismatch-{seed}"
+                    )
+                else:
+                    row_refs = refs
                 res, truth, effects, elapsed = calibrate(rig, bdir, f"{level}: seed {seed}")
                 sc = S.score_bundle(rig, bdir, truth)
                 row = {"seed": seed, "calibration_s": round(elapsed, 1), **sc}
                 row["chi2_dof"] = res.data["fits"]["joint"]["chi2_dof"]
                 row["diagnostics"] = res.data.get("diagnostics", {})
                 row["realism"] = effects
+                row["references"] = row_refs
                 if held is not None:
                     row["psnr_before"] = E.reconstruction_quality(rig, ck, held, None)
                     row["psnr_export_only"] = E.reconstruction_quality(rig, ck, held, bdir)
@@ -332,13 +361,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 console.print(msg)
             print_table(console, _recovery_table(level, rows))
             if held is not None:
-                print_table(console, _psnr_table(level, rows, refs))
+                print_table(console, _psnr_table(level, rows))
             entry = levels[level]
             entry["all_recovery_targets_met"] = all(all(r["meets"].values()) for r in rows)
             if held is not None:
-                for key, ref in refs.items():
-                    if ref is not None:
-                        gaps = [r["psnr_after"]["psnr_db"] - ref["psnr_db"] for r in rows]
+                for key in ("trained", "adapted"):
+                    gaps = [
+                        r["psnr_after"]["psnr_db"] - r["references"][key]["psnr_db"]
+                        for r in rows
+                        if r["references"][key] is not None
+                    ]
+                    if gaps:
                         entry[f"worst_gap_after_vs_{key}_db"] = min(gaps)
         save()
         console.print(f"JSON: {path}")

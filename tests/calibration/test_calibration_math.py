@@ -160,6 +160,61 @@ def test_level_phase_measurement_reads_the_lut_through_the_optics():
         assert 0 < lv.sigma_rad < 0.03
 
 
+def test_pupil_zones_read_the_response_away_from_the_dc():
+    """Sectors of the pupil (outside the DC), read through the optics, give the response
+    relative to a reference curve: 1.03 everywhere when the SLM responds 3 % more than it."""
+    truth_mm = Mismatch.draw(43)
+    truth_mm.lut_scale = 1.03
+    truth = PhysicalSystem(OPTICS, SENSOR, SLM, truth_mm)
+    dc = R.offset_to_dc(truth)
+    ref = L.parametric_table(truth_mm.lut_gamma, 1.0, 8, 2 * math.pi)
+    greys = L.zone_greys(ref, 2 * math.pi)
+    assert len(greys) == len(L.ZONE_PHASE_FRACTIONS)
+    probes = L.zone_probes((96, 96), dc, (6.0, 14.0, 32.0), greys)
+    # the zones tile the annulus: every pixel in it belongs to exactly one zone
+    masks = [(p.grey > 0).astype(int) for p in probes if p.meta["grey"] == greys[0]]
+    r, c = P.slm_coords((96, 96))
+    ring = (np.hypot(r - dc[0], c - dc[1]) >= 6.0) & (np.hypot(r - dc[0], c - dc[1]) < 32.0)
+    assert len(masks) == 2 * L.ZONES and np.array_equal(sum(masks), ring.astype(int))
+    assert [p.meta["pixels"] for p in probes[:: len(greys)]] == [int(m.sum()) for m in masks]
+    obs = _observe(truth, probes, n=4)
+    model = PhysicalSystem(OPTICS, SENSOR, SLM, truth_mm)
+    start = [float(ref[p.meta["grey"]]) for p in probes]
+    levels = L.measure_level_phases(model, {"t": TARGET}, obs, start=start)
+    z = L.zone_response(obs, levels, ref)
+    assert z is not None and len(z.scales) == 2 * L.ZONES
+    for s, sg in zip(z.scales, z.sigmas):
+        assert s == pytest.approx(1.03, abs=max(4 * sg, 0.004)), (z.scales, z.sigmas)
+    assert z.mean == pytest.approx(1.03, abs=0.004) and 0 < z.sem < 0.01
+    assert L.ZoneResponse.from_dict(z.to_dict()) == z
+
+
+def test_zone_response_unwraps_and_reports_the_spread():
+    table = np.linspace(0, 2 * math.pi, 256, endpoint=False)
+    scales = {0: 1.02, 1: 0.99, 2: 1.00, 3: 0.97}
+    obs, levels = [], []
+    for q, s in scales.items():
+        for g in (77, 141, 205):  # 0.3 … 0.8 of the range
+            meta = {"grey": g, "zone": q, "pixels": 100}
+            o = Observation(f"z{q}_{g}", "lut_zone", None, "t", None, None, 1, meta)
+            obs.append(o)  # measured phases come back wrapped to [0, 2π)
+            levels.append(L.LevelPhase(g, float(np.mod(s * table[g], 2 * math.pi)), 1e-3, 1.0))
+    z = L.zone_response(obs, levels, table)
+    assert z.scales == pytest.approx(list(scales.values()), abs=1e-9)
+    assert z.mean == pytest.approx(0.995) and z.spread == pytest.approx(
+        np.std([*scales.values()], ddof=1)
+    )
+    assert z.sem == pytest.approx(z.spread / 2, rel=0.01)
+    assert z.uncertainty == pytest.approx(math.hypot(z.spread, z.sem))
+    for o in obs[9:]:  # zone 3 covers three times the SLM pixels: it weighs three times
+        o.meta = {**o.meta, "pixels": 300}
+    z3 = L.zone_response(obs, levels, table)
+    assert z3.mean == pytest.approx((1.02 + 0.99 + 1.00 + 3 * 0.97) / 6)
+    assert L.zone_response(obs[:3], levels[:3], table) is None  # one zone: no mean to speak of
+    assert L.ZoneResponse.from_dict({"scales": [1.0]}) is None
+    assert L.ZoneResponse.from_dict({**z.to_dict(), "mean_scale": float("nan")}) is None
+
+
 def test_knife_edge_locates_the_dc_within_a_pixel():
     truth_mm = Mismatch.draw(47)
     truth = PhysicalSystem(OPTICS, SENSOR, SLM, truth_mm)

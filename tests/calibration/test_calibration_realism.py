@@ -90,8 +90,12 @@ def test_moderate_bench_meets_the_targets_or_says_it_cannot(moderate_bundle):
     e = sc["errors"]
     assert e["dc_err_px"] < 0.25 and abs(e["rotation_err_deg"]) < 0.1, e
     assert e["lut_rms_err_rad"] < 0.05, e
-    # the claimed LUT uncertainty covers the actual error (3σ RMS)
-    assert e["lut_rms_err_rad"] < 3 * diag["lut_sigma_rms_rad"] + 0.01
+    # the claimed LUT uncertainty covers the actual error (3σ RMS): the SLM's pixels do not
+    # respond alike, and the pupil zones' scatter (measured) is part of the σ
+    assert e["lut_rms_err_rad"] < 3 * diag["lut_sigma_rms_rad"]
+    zones = res.data["lut"]["zones"]
+    assert len(zones["scales"]) == 8 and 0 < diag["slm_zone_spread_rel"] < 0.05
+    assert diag["slm_zone_spread_rel"] == zones["spread"]
     names = {"defocus_rel_err": "defocus", "lut_rms_err_rad": "LUT"}
     for key, name in names.items():
         assert sc["meets"][key] or name in diag["undetermined"], (key, e, diag)
@@ -103,6 +107,16 @@ def test_moderate_bench_meets_the_targets_or_says_it_cannot(moderate_bundle):
 
 def test_drift_check_sees_the_warmed_up_lut(moderate_bundle):
     rig, out, *_ = moderate_bundle
+    # a bench that has not changed passes: the bundle's LUT (the pupil zones' mean) and the
+    # DC probes' own scale are told apart, so the check does not see the zone correction
+    with contextlib.ExitStack() as stack:
+        r = open_rig(rig, stack)
+        same = run_calibration(
+            rig, r.slm, r.camera, ["drift"], None, CalibrationOptions(6),
+            previous=load_bundle(out, rig),
+        ).drift  # fmt: skip
+    assert same.metrics["lut_change_rms_rad"] < 0.01, same.reasons
+    assert not any("LUT" in x for x in same.reasons), same.reasons
     warm = rig.model_copy(deep=True)
     warm.bench.realism.elapsed_s = 4 * 3600.0  # the SLM has warmed up for hours
     with contextlib.ExitStack() as stack:
