@@ -737,11 +737,14 @@ class CalibrationRun:
 
         * ``chi2_dof`` above ~1.2: model error (the bench does something the model does not);
           ``disagreeing_probes``: probes whose χ²/pixel is above twice the median;
-        * ``undetermined``: parameters whose 3σ exceeds the calibration targets (DC on the SLM
-          0.25 px, rotation 0.1°, defocus 5 %, LUT 0.05 rad RMS), ``degenerate_pairs``: pairs
+        * ``undetermined``: parameters whose 3σ exceeds the calibration targets
+          (:data:`~dmicro_hw.calibration.scoring.TARGETS`: DC on the SLM 0.25 px, rotation
+          0.1°, defocus 5 % or 0.005 rad, LUT 0.05 rad RMS), ``degenerate_pairs``: pairs
           with |correlation| > 0.98 (only their combination is measured).
         """
         from dmicro_hw.calibration.model_fit import degeneracies, disagreeing_probes
+        from dmicro_hw.calibration.scoring import TARGETS as T
+        from dmicro_hw.calibration.scoring import defocus_tolerance_rad
 
         j = self.joint
         out: dict[str, Any] = {}
@@ -759,16 +762,15 @@ class CalibrationRun:
                 und.append(f"{a} vs {b} (ρ {rho:+.3f})")
             p = self.parameters()
             sy, sx = p.get("dc_on_slm_y", {}).get("sigma"), p.get("dc_on_slm_x", {}).get("sigma")
-            if sy is not None and sx is not None and 3 * math.hypot(sy, sx) > 0.25:
+            if sy is not None and sx is not None and 3 * math.hypot(sy, sx) > T["dc_err_px"]:
                 und.append("slm offset")
-            if 3 * j.sigma.get("slm_rotation", 0.0) > math.radians(0.1):
+            if 3 * j.sigma.get("slm_rotation", 0.0) > math.radians(T["rotation_err_deg"]):
                 und.append("slm rotation")
-            z4 = abs(j.values.get("z4", 0.0))
-            if 3 * j.sigma.get("z4", 0.0) > max(0.05 * z4, 0.005):
+            if 3 * j.sigma.get("z4", 0.0) > defocus_tolerance_rad(j.values.get("z4", 0.0)):
                 und.append("defocus")
         table, sig, _ = self.lut_table()
         out["lut_sigma_rms_rad"] = float(np.sqrt(np.mean(sig**2)))
-        if 3 * out["lut_sigma_rms_rad"] > 0.05:
+        if 3 * out["lut_sigma_rms_rad"] > T["lut_rms_err_rad"]:
             und.append("LUT")
         if self.lut_fit is not None:
             out["lut_levels_chi2_dof"] = self.lut_fit.chi2_dof

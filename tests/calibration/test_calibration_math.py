@@ -19,6 +19,7 @@ from dmicro_hw.calibration.adapt import compensated_filter, fold_camera_into_nor
 from dmicro_hw.calibration.model_fit import (
     ForwardModel,
     Observation,
+    decorrelating_map,
     fit,
     get_params,
     noise_model,
@@ -109,6 +110,26 @@ def test_lm_fit_recovers_placement_aberrations_and_camera_with_honest_sigmas():
     assert abs(res.values["slm_offset_y"] - true["slm_offset_y"]) < 0.05
     assert abs(res.values["z4"] - true["z4"]) < 0.05 * abs(true["z4"])
     assert set(res.per_observation) == {p.pattern_id for p in probes}
+
+
+def test_solver_variables_put_a_degenerate_valley_on_an_axis():
+    """Two parameters seen almost only through their sum (SLM offset and tilt: the DC
+    position): in the solver's variables the valley is an axis — the columns are orthogonal —
+    and a bounded parameter keeps its bounds (it is never the one moved along the valley)."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((200, 3))
+    jac = np.stack([base[:, 0], base[:, 0] + 0.02 * base[:, 1], base[:, 2]], 1)
+    inf = np.full(3, np.inf)
+    lo, hi = -inf, inf.copy()
+    hi[1], lo[1] = 0.6, -0.6  # column 1 bounded (a tilt), column 0 free (an offset)
+    a = decorrelating_map(jac, lo, hi)
+    jz = jac @ a
+    assert abs(jz[:, 0] @ jz[:, 1]) < 1e-9 * np.linalg.norm(jz[:, 0]) * np.linalg.norm(jz[:, 1])
+    assert a[1, 1] == 1 and a[1, 0] == 0 and a[0, 1] != 0  # z_tilt = tilt; the offset follows
+    assert np.array_equal(a[2], [0, 0, 1]) and np.array_equal(a[:, 2], [0, 0, 1])
+    both = np.array([-1.0, -1.0, -np.inf]), np.array([1.0, 1.0, np.inf])
+    assert np.array_equal(decorrelating_map(jac, *both), np.eye(3))  # two bounded: left alone
+    assert np.array_equal(decorrelating_map(base, lo, hi), np.eye(3))  # nothing correlated
 
 
 def test_noise_model_photon_transfer_line():
