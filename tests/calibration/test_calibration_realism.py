@@ -158,6 +158,29 @@ def test_bench_calibration_tables_are_whole_when_piped():
     assert "…" not in text and "a rather long column header 15" in text and "15.123456 dB" in text
 
 
+def test_psnr_table_compares_each_seed_with_its_own_bench():
+    """Above realism none every seed's bench has its own draw of unmodelled effects, so each
+    row is compared with its own references (the same bench without the mismatch)."""
+    from dmicro_hw.commands.bench_calibration import _psnr_table, print_table
+    from dmicro_hw.progress import make_console
+
+    def q(db):
+        return {"psnr_db": db}
+
+    rows = [
+        {"seed": s, "psnr_before": q(5.0), "psnr_export_only": q(28.0), "psnr_after": q(a),
+         "references": {"trained": q(t), "adapted": q(f)}}
+        for s, a, t, f in ((7, 31.5, 31.4, 32.4), (8, 31.3, 31.7, 32.2))
+    ]  # fmt: skip
+    console = make_console()
+    with console.capture() as cap:
+        print_table(console, _psnr_table("moderate", rows))
+    lines = [x for x in cap.get().splitlines() if x.strip().startswith(("│ 7", "│    7", "│    8"))]
+    assert len(lines) == 2
+    assert "32.40" in lines[0] and "-0.90" in lines[0] and "+0.10" in lines[0]
+    assert "32.20" in lines[1] and "-0.90" in lines[1] and "-0.40" in lines[1]
+
+
 def test_calibration_reaches_the_twin_only_through_the_seam():
     import ast
 
