@@ -716,7 +716,9 @@ def probe_jackknife_sigma(jac: np.ndarray, r: np.ndarray, n_obs: int) -> np.ndar
     the model does not, each probe pulls the parameters its own way, and a parameter that one or
     two probes carry (defocus: the displayed lenses) is far less certain than χ²/dof-scaled
     Gauss–Newton claims — small sim rig at realism moderate, seed 24: defocus σ 0.0026 rad while
-    the estimate is 0.024 rad off. Zeros when there are fewer than 3 probes.
+    the estimate is 0.024 rad off. Zeros when there are fewer than 3 probes. With a robust
+    loss ``jac`` is scipy's loss-weighted Jacobian and ``r`` the plain residual, which weighs
+    down-weighted pixels more than a strictly robust score would (a conservative σ).
     """
     n_par = jac.shape[1]
     if n_obs < 3 or r.size % n_obs or jac.shape[0] != r.size:

@@ -23,6 +23,7 @@ from dmicro_hw.calibration.model_fit import (
     fit,
     get_params,
     noise_model,
+    probe_jackknife_sigma,
     set_params,
 )
 from dmicro_hw.config import OpticsConfig, RigConfig, SensorConfig, SLMModelConfig
@@ -130,6 +131,28 @@ def test_solver_variables_put_a_degenerate_valley_on_an_axis():
     both = np.array([-1.0, -1.0, -np.inf]), np.array([1.0, 1.0, np.inf])
     assert np.array_equal(decorrelating_map(jac, *both), np.eye(3))  # two bounded: left alone
     assert np.array_equal(decorrelating_map(base, lo, hi), np.eye(3))  # nothing correlated
+
+
+def test_probe_jackknife_sigma_agrees_with_gauss_newton_and_sees_model_error():
+    """Independent noise: the leave-one-probe-out σ agrees with the Gauss–Newton one. A model
+    error that one probe carries (a residual pattern along one parameter's column in that probe
+    only): the jackknife σ of that parameter grows well beyond the χ²/dof-scaled σ."""
+    rng = np.random.default_rng(1)
+    n_obs, pix, n_par = 40, 60, 3
+    jac = rng.standard_normal((n_obs * pix, n_par))
+    cov = np.linalg.inv(jac.T @ jac)
+    r = rng.standard_normal(n_obs * pix)
+    r -= jac @ (cov @ (jac.T @ r))  # residuals at the optimum are orthogonal to J
+    gn = np.sqrt(np.diag(cov) * (r @ r) / (r.size - n_par))
+    jk = probe_jackknife_sigma(jac, r, n_obs)
+    assert jk == pytest.approx(gn, rel=0.3)
+    biased = r.copy()
+    biased[:pix] += 3.0 * jac[:pix, 0]  # probe 0 pulls parameter 0 its own way
+    biased -= jac @ (cov @ (jac.T @ biased))
+    gn_b = np.sqrt(np.diag(cov) * max(1.0, (biased @ biased) / (r.size - n_par)))
+    jk_b = probe_jackknife_sigma(jac, biased, n_obs)
+    assert jk_b[0] > 2 * gn_b[0] and jk_b[1] < 2 * gn_b[1]
+    assert not probe_jackknife_sigma(jac[:120], r[:120], 2).any()  # two probes: no estimate
 
 
 def test_noise_model_photon_transfer_line():
