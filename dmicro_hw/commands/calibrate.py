@@ -236,7 +236,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 )
                 + f"; probes that disagree (χ²/pixel): {bad or 'none'}; not determined by the "
                 f"probes: {', '.join(diag.get('undetermined', [])) or 'none'}; LUT σ "
-                f"{diag.get('lut_sigma_rms_rad', float('nan')):.4f} rad RMS[/]",
+                f"{diag.get('lut_sigma_rms_rad', float('nan')):.4f} rad RMS"
+                + (
+                    f"; SLM response across the pupil ±{100 * diag['slm_zone_spread_rel']:.2f} % "
+                    f"(DC vs pupil mean {100 * diag['lut_dc_vs_pupil_rel']:+.2f} %)"
+                    if "slm_zone_spread_rel" in diag
+                    else ""
+                )
+                + "[/]",
                 highlight=False,
             )
         console.print(

@@ -107,6 +107,7 @@ def test_cli_calibrate_writes_a_bundle_with_plots_and_uncertainties(cli_bundle):
     assert {"flat", "edge000", "ramp000", "lens+1"} <= set(per)
     assert all(v["rms_noise_units"] < 2.0 for v in per.values())
     assert "bundle:" in stdout and "registration" in stdout
+    assert "SLM response across the pupil" in stdout  # the pupil zones, read and reported
     # the frames hash is the hash of frames.npz's content in capture order
     with np.load(out / "frames.npz") as z:
         assert len(z["pattern_ids"]) == data["n_patterns"]
