@@ -73,6 +73,19 @@ def lut_probes(
 
 ZONES = 4
 ZONE_PHASE_FRACTIONS = (0.3, 0.55, 0.8)
+ZONE_RADII_SAMPLES = (3.0, 12.0)  # inner radii of the annuli; the last ends at the pupil edge
+
+
+def zone_radii_px(pupil_samples: float, px_per_sample: float) -> list[float]:
+    """Annulus boundaries (SLM px from the DC) of the pupil zones: ``ZONE_RADII_SAMPLES`` (the
+    outer ones capped at half the pupil) and the pupil edge, in filter samples × px/sample."""
+    inner = [ZONE_RADII_SAMPLES[0]] + [min(r, pupil_samples / 2) for r in ZONE_RADII_SAMPLES[1:]]
+    return [r * px_per_sample for r in (*inner, pupil_samples)]
+
+
+def zone_probe_count() -> int:
+    """How many probes :func:`zone_probes` makes with the default zones and levels."""
+    return len(ZONE_RADII_SAMPLES) * ZONES * len(ZONE_PHASE_FRACTIONS)
 
 
 def zone_greys(

@@ -428,9 +428,10 @@ class CalibrationRun:
     def lut(self) -> None:
         assert self.dc is not None
         probes = L.lut_probes(self.shape, self.dc, 1.5 * self.ratio, self.bits, self.opt.lut_levels)
-        n_zone = 2 * L.ZONES * len(L.ZONE_PHASE_FRACTIONS)
         self.rep.step(
-            "lut", 2 * len(probes) + n_zone, f"phase response at {len(probes)} grey levels"
+            "lut",
+            2 * len(probes) + L.zone_probe_count(),
+            f"phase response at {len(probes)} grey levels",
         )
         obs = self.capture(probes)
         self.update_noise()
@@ -448,8 +449,7 @@ class CalibrationRun:
         # the pupil's zones, read after the joint fit (refine_lut) through the refined model
         greys = L.zone_greys(lf.table, self.rig.slm.phase_range_rad)
         pupil = self.rig.optics.field_size / 2 * self.rig.optics.pupil_radius
-        radii = [r * self.ratio for r in (3.0, min(12.0, pupil / 2), pupil)]
-        zprobes = L.zone_probes(self.shape, self.dc, radii, greys)
+        zprobes = L.zone_probes(self.shape, self.dc, L.zone_radii_px(pupil, self.ratio), greys)
         self.rep.note(f"pupil zones: {len(zprobes)} probes at grey {', '.join(map(str, greys))}")
         self.capture(zprobes)
         self.summaries["lut"] = (
